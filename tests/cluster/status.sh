@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reports each component and the fake nodes; exits 0 only when all are up.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ok=0
+for c in "${COMPONENTS[@]}"; do
+  if is_running "$c"; then
+    printf '%-24s running (pid %s)\n' "$c" "$(pid_of "$c")"
+  else
+    printf '%-24s stopped\n' "$c"
+    ok=1
+  fi
+done
+if [ $ok -eq 0 ] && api_ready; then
+  kubectl get nodes -l type=kwok
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+else
+  ok=1
+fi
+exit $ok

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Brings up the test control plane: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and kwok, then $NODES fake nodes. Idempotent: what is already
+# running is left alone, so on a healthy cluster it only reports.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$CLUSTER_SRC/build.sh"
+mkdir -p "$PKI" "$PIDS" "$LOGS" "$CLUSTER_DIR/etcd"
+start_time=$SECONDS
+
+# --- certificates ------------------------------------------------------------
+gen_pki() {
+  [ -f "$PKI/admin.crt" ] && return
+  log "generating CA, serving, admin and service-account keys"
+  local tmp
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=berth-test-ca" -keyout "$tmp/ca.key" -out "$tmp/ca.crt" 2>/dev/null
+  # sign NAME SUBJECT EXT: a key and a certificate signed by the CA.
+  sign() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "$2" -keyout "$tmp/$1.key" -out "$tmp/$1.csr" 2>/dev/null
+    printf '%s\n' "$3" >"$tmp/$1.ext"
+    openssl x509 -req -in "$tmp/$1.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$tmp/$1.ext" -out "$tmp/$1.crt" 2>/dev/null
+  }
+  sign serving "/CN=kube-apiserver" \
+    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+extendedKeyUsage=serverAuth
+keyUsage=digitalSignature"
+  sign admin "/O=system:masters/CN=berth-admin" "extendedKeyUsage=clientAuth
+keyUsage=digitalSignature"
+  openssl genrsa -out "$tmp/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$tmp/sa.key" -pubout -out "$tmp/sa.pub" 2>/dev/null
+  cp "$tmp"/{ca.crt,ca.key,serving.crt,serving.key,admin.crt,admin.key,sa.key,sa.pub} "$PKI/"
+  rm -rf "$tmp"
+}
+
+write_kubeconfig() {
+  [ -f "$KUBECONFIG_PATH" ] && return
+  cat >"$KUBECONFIG_PATH.tmp" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: berth-test
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: berth-admin
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/admin.crt")
+    client-key-data: $(base64 -w0 "$PKI/admin.key")
+contexts:
+- name: berth-test
+  context: {cluster: berth-test, user: berth-admin}
+current-context: berth-test
+KCFG
+  mv "$KUBECONFIG_PATH.tmp" "$KUBECONFIG_PATH"
+}
+
+# --- components --------------------------------------------------------------
+# start NAME CMD...: runs CMD in its own session with its log and pid file.
+start() {
+  local name=$1
+  shift
+  log "starting $name"
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+start_etcd() {
+  # No fsync: this etcd holds test data only and must not make tests wait on disks.
+  start etcd "$BIN/etcd" --name berth-test --data-dir "$CLUSTER_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "berth-test=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --quota-backend-bytes=8589934592 --log-level=warn
+  wait_for etcd 30 curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_kube_apiserver() {
+  # The endpoint reconciler is off because the only address is loopback, which
+  # the kubernetes Service's endpoints may not hold.
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$PKI/serving.crt" --tls-private-key-file "$PKI/serving.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --authorization-mode RBAC --enable-admission-plugins ServiceAccount,NamespaceLifecycle,LimitRanger,ResourceQuota \
+    --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
+    --allow-privileged=true --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
+    --v=1
+  wait_for kube-apiserver 60 api_ready
+  write_kubeconfig
+}
+
+start_kube_controller_manager() {
+  start kube-controller-manager "$BIN/kube-controller-manager" \
+    --kubeconfig "$KUBECONFIG_PATH" \
+    --authentication-kubeconfig "$KUBECONFIG_PATH" --authorization-kubeconfig "$KUBECONFIG_PATH" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --use-service-account-credentials --controllers '*' \
+    --kube-api-qps 200 --kube-api-burst 400 --concurrent-gc-syncs 20 --v=1
+  wait_for kube-controller-manager 60 curl -skf -o /dev/null --max-time 1 "https://127.0.0.1:$KCM_PORT/healthz"
+}
+
+start_kube_scheduler() {
+  start kube-scheduler "$BIN/kube-scheduler" \
+    --kubeconfig "$KUBECONFIG_PATH" \
+    --authentication-kubeconfig "$KUBECONFIG_PATH" --authorization-kubeconfig "$KUBECONFIG_PATH" \
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false \
+    --kube-api-qps 500 --kube-api-burst 1000 --v=1
+  wait_for kube-scheduler 60 curl -skf -o /dev/null --max-time 1 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+}
+
+start_kwok() {
+  start kwok "$BIN/kwok" --kubeconfig "$KUBECONFIG_PATH" --config "$CLUSTER_SRC/kwok.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --server-address "127.0.0.1:$KWOK_PORT"
+  wait_for kwok 30 curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$KWOK_PORT/healthz"
+}
+
+# --- nodes -------------------------------------------------------------------
+node_manifest() {
+  local i=$1
+  cat <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  labels:
+    kubernetes.io/hostname: kwok-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+    # Loopback addresses: nothing real answers there, and nothing leaves the machine.
+    berth.dev/test-node-ip: 127.0.10.$i
+spec: {}
+NODE
+}
+
+create_nodes() {
+  local i missing=()
+  for i in $(seq 1 "$NODES"); do
+    kubectl get node "kwok-node-$i" >/dev/null 2>&1 || missing+=("$i")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "creating fake nodes: ${missing[*]}"
+  for i in "${missing[@]}"; do node_manifest "$i"; echo "---"; done | kubectl create -f - >/dev/null
+}
+
+wait_nodes_ready() {
+  if ! kubectl wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null; then
+    log "fake nodes not Ready"
+    show_log kwok
+    return 1
+  fi
+}
+
+gen_pki
+for c in "${COMPONENTS[@]}"; do
+  if is_running "$c"; then
+    continue
+  fi
+  "start_${c//-/_}"
+done
+write_kubeconfig
+create_nodes
+wait_nodes_ready
+
+log "control plane up in $((SECONDS - start_time))s ($(kubectl get nodes -l type=kwok --no-headers | wc -l) fake nodes Ready)"
+echo "export KUBECONFIG=$KUBECONFIG_PATH"
