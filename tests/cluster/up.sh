@@ -167,15 +167,22 @@ wait_nodes_ready() {
 }
 
 gen_pki
+started=()
 for c in "${COMPONENTS[@]}"; do
   if is_running "$c"; then
     continue
   fi
   "start_${c//-/_}"
+  started+=("$c")
 done
 write_kubeconfig
 create_nodes
 wait_nodes_ready
 
-log "control plane up in $((SECONDS - start_time))s ($(kubectl get nodes -l type=kwok --no-headers | wc -l) fake nodes Ready)"
+ready=$(kubectl get nodes -l type=kwok --no-headers | wc -l)
+if [ ${#started[@]} -eq 0 ]; then
+  log "control plane already running; nothing changed ($ready fake nodes Ready)"
+else
+  log "started ${started[*]} in $((SECONDS - start_time))s ($ready fake nodes Ready)"
+fi
 echo "export KUBECONFIG=$KUBECONFIG_PATH"

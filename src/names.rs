@@ -1,0 +1,24 @@
+//! Every name Berth puts on the cluster, said once.
+
+/// The API group of Berth's custom resources.
+pub const GROUP: &str = "berth.dev";
+/// The version of Berth's custom resources.
+pub const VERSION: &str = "v1alpha1";
+/// The field manager of every server-side apply Berth makes.
+pub const FIELD_MANAGER: &str = "berth";
+/// The category that `kubectl get berth` lists.
+pub const CATEGORY: &str = "berth";
+
+/// Standard label marking the objects Berth manages.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`] on Berth's objects.
+pub const MANAGED_BY: &str = "berth";
+/// Label holding the id of the Instance an object belongs to.
+pub const LABEL_INSTANCE: &str = "berth.dev/instance";
+/// Label holding the userId of the owner of an object.
+pub const LABEL_USER: &str = "berth.dev/user";
+/// Label holding the id of the Berth Node an object is placed on.
+pub const LABEL_NODE: &str = "berth.dev/node";
+
+/// The label Kubernetes nodes carry their hostname in; instance Pods are pinned with it.
+pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";

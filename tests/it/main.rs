@@ -1,0 +1,10 @@
+//! Integration tests, one binary. Every module but `drift` needs the real control
+//! plane: `make test` starts it (tests/cluster) and sets KUBECONFIG; without it
+//! these tests fail, they never pass silently.
+
+mod common;
+
+mod control_plane;
+mod crds;
+mod drift;
+mod serve;
