@@ -10,4 +10,5 @@ pub mod api;
 pub mod crd;
 pub mod names;
 pub mod serve;
+pub mod store;
 pub mod telemetry;

@@ -34,6 +34,14 @@ enum Command {
         #[arg(long, short = 'n', env = "BERTH_NAMESPACE")]
         namespace: Option<String>,
     },
+    /// Manage API keys (Secrets holding only each key's SHA-256).
+    Apikey {
+        /// Namespace holding Berth's objects (default: the kubeconfig's namespace).
+        #[arg(long, short = 'n', env = "BERTH_NAMESPACE", global = true)]
+        namespace: Option<String>,
+        #[command(subcommand)]
+        action: ApikeyAction,
+    },
     /// Print the CustomResourceDefinitions as one multi-document YAML stream.
     Crd {
         /// Write one file per CRD into this folder instead of printing.
@@ -42,6 +50,23 @@ enum Command {
         /// Install them into the cluster (server-side apply) and wait until Established.
         #[arg(long)]
         apply: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyAction {
+    /// Make a key and print it (it is shown this once only).
+    Create {
+        /// Name of the key (1-40 lowercase letters, digits, '-'); random when absent.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the keys' names and creation times.
+    List,
+    /// Delete a key; requests using it fail within seconds.
+    Revoke {
+        /// Name of the key.
+        name: String,
     },
 }
 
@@ -54,6 +79,7 @@ async fn main() -> ExitCode {
             berth::serve::run(berth::serve::Config { listen, namespace }).await
         }
         Command::Crd { out_dir, apply } => crd(out_dir, apply).await,
+        Command::Apikey { namespace, action } => apikey(namespace, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,6 +103,31 @@ async fn crd(out_dir: Option<PathBuf>, apply: bool) -> anyhow::Result<()> {
         }
     } else {
         print!("{}", berth::crd::to_yaml(&crds)?);
+    }
+    Ok(())
+}
+
+async fn apikey(namespace: Option<String>, action: ApikeyAction) -> anyhow::Result<()> {
+    use berth::store::apikeys;
+    let client = kube::Client::try_default().await?;
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, &ns);
+    match action {
+        ApikeyAction::Create { name } => {
+            let (name, key) = apikeys::create(&api, name).await?;
+            eprintln!("API key {name:?} created in namespace {ns}; it is shown only this once:");
+            println!("{key}");
+        }
+        ApikeyAction::List => {
+            println!("{:<40} CREATED", "NAME");
+            for k in apikeys::list(&api).await? {
+                println!("{:<40} {}", k.name, k.created);
+            }
+        }
+        ApikeyAction::Revoke { name } => {
+            apikeys::revoke(&api, &name).await?;
+            eprintln!("API key {name:?} revoked");
+        }
     }
     Ok(())
 }

@@ -22,3 +22,12 @@ pub const LABEL_NODE: &str = "berth.dev/node";
 
 /// The label Kubernetes nodes carry their hostname in; instance Pods are pinned with it.
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+/// Label on claim ConfigMaps, holding what they make unique (username, email, hostport).
+pub const LABEL_CLAIM: &str = "berth.dev/claim";
+/// Label marking ConfigMaps that hold image catalog documents.
+pub const LABEL_CATALOG: &str = "berth.dev/catalog";
+
+/// Secret type of a user.
+pub const SECRET_TYPE_USER: &str = "berth.dev/user";
+/// Secret type of an API key (holding only its SHA-256).
+pub const SECRET_TYPE_API_KEY: &str = "berth.dev/api-key";

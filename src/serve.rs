@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::api::{self, AppState};
+use crate::store::Store;
 
 /// Settings of `berth serve`.
 #[derive(Clone, Debug)]
@@ -33,12 +34,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("failed to reach the Kubernetes API server")?;
     info!(server = %version.git_version, %namespace, "connected to the Kubernetes API server");
 
-    let state = AppState::new(client, namespace);
+    let store = Store::new(client, &namespace);
+    tokio::spawn(store.clone().run());
+    let state = AppState::new(store.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     info!(address = %config.listen, "serving HTTP");
     state.set_ready(true);
+    tokio::spawn(async move {
+        store.synced().await;
+        info!(
+            instances = store.instances.len(),
+            nodes = store.nodes.len(),
+            users = store.users.count(),
+            "caches synced; ready"
+        );
+    });
 
     axum::serve(listener, api::router(state.clone()))
         .with_graceful_shutdown(shutdown_signal(state))

@@ -1,28 +1,41 @@
-//! The HTTP server: health endpoints now, the Skyport-compatible REST API beside them.
+//! The HTTP server: the Skyport-compatible REST API under `/api` (behind the API
+//! key), and `/healthz`, `/readyz` beside it.
 
+mod auth;
+mod body;
+mod error;
 mod health;
+mod images;
+mod instances;
+mod nodes;
+pub mod openapi;
+mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+
+pub use auth::API_KEY_HEADER;
+pub use error::ApiError;
+
+use crate::store::Store;
 
 /// State shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
-    /// Client for the Kubernetes API server.
-    pub client: kube::Client,
-    /// The namespace Berth keeps its objects in.
-    pub namespace: String,
+    /// Caches and writers of everything the API touches.
+    pub store: Store,
     ready: Arc<AtomicBool>,
 }
 
 impl AppState {
-    /// New state; not ready until [`AppState::set_ready`] is called.
-    pub fn new(client: kube::Client, namespace: String) -> Self {
+    /// New state; not ready until [`AppState::set_ready`] is called and the caches synced.
+    pub fn new(store: Store) -> Self {
         Self {
-            client,
-            namespace,
+            store,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -32,13 +45,33 @@ impl AppState {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` answers 200: started, not shutting down, caches synced.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.store.is_synced()
     }
+}
+
+/// The REST API routes, each behind the API key.
+fn api_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .merge(users::router())
+        .merge(instances::router())
+        .merge(nodes::router())
+        .merge(images::router())
+        .merge(openapi::router())
+        .route_layer(middleware::from_extractor_with_state::<auth::ApiKey, _>(
+            state.clone(),
+        ))
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(health::router()).with_state(state)
+    Router::new()
+        .merge(api_routes(&state))
+        .merge(health::router())
+        .fallback(|| async { ApiError::not_found("Not found") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // Fields reads the body with its own limit; this also bounds anything else.
+        .layer(DefaultBodyLimit::max(body::MAX_BODY))
+        .with_state(state)
 }

@@ -3,7 +3,9 @@
 //! these tests fail, they never pass silently.
 
 mod common;
+mod server;
 
+mod api;
 mod control_plane;
 mod crds;
 mod drift;

@@ -1,0 +1,280 @@
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the handlers'
+//! annotations and the schema types below. Request bodies are read field by field
+//! (see [`super::body`]), so their shapes are described here as schema-only types.
+// The request and response shapes below exist for the document only.
+#![allow(dead_code)]
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::AppState;
+
+/// Routes of the document.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/openapi.json", get(|| async { Json(document()) }))
+}
+
+/// The document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Berth", description = "Skyport-compatible API for game-server instances on Kubernetes"),
+    paths(
+        super::users::list, super::users::get_user, super::users::create,
+        super::instances::list, super::instances::deploy, super::instances::remove,
+        super::instances::user_instances, super::instances::get_instance,
+        super::instances::suspend, super::instances::unsuspend,
+        super::nodes::list, super::nodes::create, super::nodes::remove,
+        super::images::list,
+    ),
+    modifiers(&Security),
+    security(("api_key" = [])),
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(
+                super::auth::API_KEY_HEADER,
+            ))),
+        );
+        // The same body and answers as /api/users/create, under Skyport's newer path.
+        if let Some(item) = doc.paths.paths.get("/api/users/create").cloned() {
+            doc.paths
+                .paths
+                .insert("/api/auth/create-user".to_owned(), item);
+        }
+    }
+}
+
+/// A number, or a string holding one (clients send both).
+pub struct NumberOrString;
+
+impl PartialSchema for NumberOrString {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .into()
+    }
+}
+impl ToSchema for NumberOrString {}
+
+/// An error answer.
+#[derive(ToSchema)]
+pub struct ErrorDoc {
+    /// What went wrong.
+    error: String,
+}
+
+/// A confirmation.
+#[derive(ToSchema)]
+pub struct MessageDoc {
+    /// What was done.
+    message: String,
+}
+
+/// A user (never any password material).
+#[derive(ToSchema)]
+pub struct UserDoc {
+    #[schema(rename = "userId")]
+    user_id: String,
+    username: String,
+    email: String,
+    admin: bool,
+}
+
+/// `POST /api/getUser` body.
+#[derive(ToSchema)]
+pub struct GetUserDoc {
+    /// `email` or `username`.
+    #[schema(rename = "type", pattern = "^(email|username)$")]
+    kind: String,
+    /// The email or username to look for.
+    value: String,
+}
+
+/// `POST /api/users/create` body.
+#[derive(ToSchema)]
+pub struct CreateUserDoc {
+    #[schema(max_length = 64, min_length = 1)]
+    username: String,
+    #[schema(max_length = 254)]
+    email: String,
+    #[schema(min_length = 8, max_length = 1024)]
+    password: String,
+    /// Chosen by the caller (e.g. a Discord snowflake); a UUIDv4 when absent.
+    #[schema(rename = "userId", max_length = 128)]
+    user_id: Option<String>,
+    admin: Option<bool>,
+}
+
+/// A node.
+#[derive(ToSchema)]
+pub struct NodeDoc {
+    id: String,
+    name: String,
+    tags: Option<String>,
+    /// Memory in MiB.
+    ram: Option<i64>,
+    /// Disk in MiB.
+    disk: Option<i64>,
+    processor: Option<String>,
+    address: String,
+    port: Option<i32>,
+    /// `Online`, `Offline` or `Unknown`.
+    status: String,
+    #[schema(rename = "kubernetesNode")]
+    kubernetes_node: Option<String>,
+    instances: u32,
+}
+
+/// `POST /api/nodes/create` body.
+#[derive(ToSchema)]
+pub struct CreateNodeDoc {
+    name: String,
+    tags: Option<String>,
+    /// MiB, or a size with a unit such as `8GB`.
+    ram: Option<NumberOrString>,
+    /// MiB, or a size with a unit such as `100GB`.
+    disk: Option<NumberOrString>,
+    processor: Option<String>,
+    /// IP address or host name.
+    address: String,
+    port: Option<NumberOrString>,
+    /// The Kubernetes node this node stands for (else matched by address).
+    #[schema(rename = "kubernetesNode")]
+    kubernetes_node: Option<String>,
+}
+
+/// `DELETE /api/nodes/delete` body.
+#[derive(ToSchema)]
+pub struct DeleteNodeDoc {
+    #[schema(rename = "nodeId")]
+    node_id: String,
+}
+
+/// The node inside an instance.
+#[derive(ToSchema)]
+pub struct InstanceNodeDoc {
+    id: String,
+    name: Option<String>,
+    address: Option<String>,
+    port: Option<i32>,
+    tags: Option<String>,
+}
+
+/// An instance (Skyport's field names).
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct InstanceDoc {
+    Id: String,
+    Name: String,
+    /// The owner's userId.
+    User: String,
+    Node: InstanceNodeDoc,
+    Image: String,
+    ImageName: Option<String>,
+    /// MiB.
+    Memory: i64,
+    /// Cores.
+    Cpu: f64,
+    /// MiB.
+    Disk: Option<i64>,
+    /// `container:host` pairs.
+    Ports: String,
+    Primary: i32,
+    /// `INSTALLING`, `READY` or `FAILED`.
+    InternalState: String,
+    /// Berth's state: Pending, Installing, Running, Failed, Suspended.
+    State: String,
+    /// Where players connect: node address and primary port.
+    Address: Option<String>,
+    suspended: bool,
+    Env: Vec<String>,
+    ContainerId: Option<String>,
+    VolumeId: String,
+    CreatedAt: Option<String>,
+}
+
+/// `POST /api/instances/deploy` body.
+#[derive(ToSchema)]
+pub struct DeployDoc {
+    /// The catalog image: its `Image` reference, `Id` or `Name`.
+    image: String,
+    /// MiB.
+    memory: NumberOrString,
+    /// Cores.
+    cpu: NumberOrString,
+    /// `container:host` pairs, comma-separated, or a bare port.
+    ports: String,
+    #[schema(rename = "nodeId")]
+    node_id: String,
+    name: String,
+    /// The owner's userId.
+    user: String,
+    /// The primary port: `25565` or `"25565:25565"`.
+    primary: NumberOrString,
+    /// The catalog entry's Name.
+    imagename: Option<String>,
+    /// The image's variables: an object, or a JSON string of one.
+    #[schema(value_type = Option<Object>)]
+    variables: Option<serde_json::Value>,
+    /// MiB.
+    disk: Option<NumberOrString>,
+}
+
+/// A deploy's answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct DeployedDoc {
+    message: String,
+    Id: String,
+    #[schema(rename = "volumeId")]
+    volume_id: String,
+    /// `INSTALLING`.
+    state: String,
+}
+
+/// A body naming an instance.
+#[derive(ToSchema)]
+pub struct InstanceIdDoc {
+    id: String,
+}
+
+/// A body naming a user.
+#[derive(ToSchema)]
+pub struct UserIdDoc {
+    #[schema(rename = "userId")]
+    user_id: String,
+}
+
+/// A suspend or unsuspend answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct SuspendedDoc {
+    message: String,
+    Id: String,
+    suspended: bool,
+}
+
+/// A Skyport image document, as the catalog holds it.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct ImageDoc {
+    Id: Option<String>,
+    Name: String,
+    Image: String,
+}

@@ -1,0 +1,189 @@
+//! A `berth serve` process per test, in its own namespace with the shipped catalog
+//! and an API key, plus an HTTP client that remembers every answer so a test can
+//! check that no secret ever left the server.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
+
+use crate::common::{self, eventually};
+
+/// A running server and what a test needs to talk to it.
+pub struct TestServer {
+    pub client: Client,
+    pub ns: String,
+    pub base: String,
+    pub key: String,
+    http: reqwest::Client,
+    child: Child,
+    /// Every answer body, for the secret scan.
+    seen: Arc<Mutex<Vec<String>>>,
+    /// Strings that must never appear in an answer or a log line.
+    pub secrets: Arc<Mutex<Vec<String>>>,
+}
+
+/// An answer: status and body (JSON when it parses, else a string).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// The shipped catalog as a ConfigMap labelled for Berth.
+pub fn catalog_configmap() -> ConfigMap {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/berth/catalog");
+    let mut data = serde_json::Map::new();
+    for entry in std::fs::read_dir(&dir).expect("catalog dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        data.insert(
+            name,
+            Value::String(std::fs::read_to_string(&path).expect("read")),
+        );
+    }
+    serde_json::from_value(json!({
+        "metadata": { "name": "berth-catalog", "labels": { berth::names::LABEL_CATALOG: "true" } },
+        "data": data
+    }))
+    .expect("catalog configmap")
+}
+
+impl TestServer {
+    /// Starts a server in a fresh namespace named after `test`.
+    pub async fn start(test: &str) -> Self {
+        let client = common::client().await;
+        common::crds(&client).await;
+        let ns = common::namespace(&client, test).await;
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &catalog_configmap())
+            .await
+            .expect("create catalog");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let (_, key) = berth::store::apikeys::create(&secrets, Some("test".into()))
+            .await
+            .expect("api key");
+
+        let port = free_port().await;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "--log-format",
+                "json",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "-n",
+                &ns,
+            ])
+            .env("KUBECONFIG", common::kubeconfig())
+            .env(
+                "RUST_LOG",
+                "debug,kube=info,hyper=info,tower=info,h2=info,rustls=info",
+            )
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start berth serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "berth serve ready", || async {
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Self {
+            client,
+            ns,
+            base,
+            secrets: Arc::new(Mutex::new(vec![key.clone()])),
+            key,
+            http,
+            child,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Sends a request with the API key; `body` as JSON when given.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let mut req = self
+            .http
+            .request(
+                Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", self.base),
+            )
+            .header("x-api-key", &self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+
+    /// Sends any request (the test sets headers and body) and records the answer.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        self.seen.lock().expect("lock").push(text.clone());
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer { status, body }
+    }
+
+    /// A raw request builder for `path`, without the API key.
+    pub fn raw(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(
+            Method::from_bytes(method.as_bytes()).expect("method"),
+            format!("{}{path}", self.base),
+        )
+    }
+
+    /// Remembers a string that must never show in answers or logs.
+    pub fn secret(&self, s: &str) {
+        self.secrets.lock().expect("lock").push(s.to_owned());
+    }
+
+    /// Stops the server and checks that no answer and no log line held a secret:
+    /// a password, an API key, or any argon2 hash.
+    pub async fn finish(mut self) {
+        self.child.start_kill().expect("kill");
+        let mut logs = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_string(&mut logs).await.expect("read logs");
+        }
+        let _ = self.child.wait().await;
+        let seen = self.seen.lock().expect("lock").join("\n");
+        let mut forbidden = self.secrets.lock().expect("lock").clone();
+        forbidden.push("$argon2".to_owned());
+        for s in &forbidden {
+            assert!(
+                !seen.contains(s.as_str()),
+                "an answer contains secret material {s:?}"
+            );
+            assert!(
+                !logs.contains(s.as_str()),
+                "the log contains secret material {s:?}"
+            );
+        }
+        assert!(!logs.contains("panicked"), "the server panicked:\n{logs}");
+    }
+}
