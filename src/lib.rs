@@ -7,7 +7,9 @@
 //! - [`names`] holds every label, field manager and group name, said once.
 
 pub mod api;
+pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod names;
 pub mod serve;
 pub mod store;

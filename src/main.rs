@@ -26,14 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the REST API and the controllers.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:8080", env = "BERTH_LISTEN")]
-        listen: SocketAddr,
-        /// Namespace holding Berth's objects (default: the kubeconfig's or the pod's namespace).
-        #[arg(long, short = 'n', env = "BERTH_NAMESPACE")]
-        namespace: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Manage API keys (Secrets holding only each key's SHA-256).
     Apikey {
         /// Namespace holding Berth's objects (default: the kubeconfig's namespace).
@@ -51,6 +44,101 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "BERTH_LISTEN")]
+    listen: SocketAddr,
+    /// Namespace holding Berth's objects (default: the kubeconfig's or the pod's namespace).
+    #[arg(long, short = 'n', env = "BERTH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Run only the REST API (no controllers).
+    #[arg(long, conflicts_with = "controller_only")]
+    api_only: bool,
+    /// Run only the controllers (with /healthz, /readyz, /metrics); implies --leader-elect.
+    #[arg(long)]
+    controller_only: bool,
+    /// Elect a leader with a Lease before reconciling (for several replicas).
+    #[arg(long, env = "BERTH_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Seconds a leader's Lease lasts without renewal.
+    #[arg(long, default_value_t = 15, env = "BERTH_LEASE_DURATION")]
+    lease_duration: u64,
+    /// Instances reconciled at once.
+    #[arg(long, default_value_t = 16, env = "BERTH_CONCURRENCY")]
+    concurrency: u16,
+    /// Image of the init container that fetches install files (needs sh and curl).
+    #[arg(long, env = "BERTH_INIT_IMAGE", default_value_t = berth::controller::PodSettings::default().init_image)]
+    init_image: String,
+    /// Storage class of per-instance volume claims; unset: an emptyDir (data lost when the Pod goes).
+    #[arg(long, env = "BERTH_STORAGE_CLASS")]
+    storage_class: Option<String>,
+    /// Disk of an instance that asks for none, in MiB.
+    #[arg(long, default_value_t = 10240, env = "BERTH_DEFAULT_DISK")]
+    default_disk: i64,
+    /// uid and gid game servers run as; 0 keeps the image's own user.
+    #[arg(long, default_value_t = 1000, env = "BERTH_RUN_AS_USER")]
+    run_as_user: i64,
+    /// Capabilities added back to game servers after dropping all (repeatable, comma-separated).
+    #[arg(long, env = "BERTH_ADD_CAPABILITIES", value_delimiter = ',')]
+    add_capability: Vec<String>,
+    /// Node selector for instance Pods, as key=value pairs (comma-separated).
+    #[arg(long, env = "BERTH_INSTANCE_NODE_SELECTOR", value_delimiter = ',')]
+    instance_node_selector: Vec<String>,
+    /// Tolerations for instance Pods, as a JSON list of Kubernetes tolerations.
+    #[arg(long, env = "BERTH_INSTANCE_TOLERATIONS")]
+    instance_tolerations: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<berth::serve::Config> {
+        use berth::serve::Mode;
+        let mut node_selector = std::collections::BTreeMap::new();
+        for pair in self.instance_node_selector.iter().filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--instance-node-selector takes key=value pairs, got {pair:?}")
+            })?;
+            node_selector.insert(k.to_owned(), v.to_owned());
+        }
+        let tolerations = match self.instance_tolerations.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                anyhow::anyhow!("--instance-tolerations is not a JSON list of tolerations: {e}")
+            })?,
+        };
+        if self.lease_duration < 3 {
+            anyhow::bail!("--lease-duration must be at least 3 seconds");
+        }
+        Ok(berth::serve::Config {
+            listen: self.listen,
+            namespace: self.namespace,
+            mode: if self.api_only {
+                Mode::ApiOnly
+            } else if self.controller_only {
+                Mode::ControllerOnly
+            } else {
+                Mode::All
+            },
+            leader_elect: self.leader_elect,
+            lease_duration: Duration::from_secs(self.lease_duration),
+            concurrency: self.concurrency.max(1),
+            pods: berth::controller::PodSettings {
+                init_image: self.init_image,
+                storage_class: self.storage_class.filter(|s| !s.is_empty()),
+                default_disk_mib: self.default_disk.max(1),
+                run_as_user: (self.run_as_user > 0).then_some(self.run_as_user),
+                add_capabilities: self
+                    .add_capability
+                    .into_iter()
+                    .filter(|c| !c.is_empty())
+                    .collect(),
+                node_selector,
+                tolerations,
+            },
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,9 +163,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve { listen, namespace } => {
-            berth::serve::run(berth::serve::Config { listen, namespace }).await
-        }
+        Command::Serve(args) => match args.into_config() {
+            Ok(config) => berth::serve::run(config).await,
+            Err(e) => Err(e),
+        },
         Command::Crd { out_dir, apply } => crd(out_dir, apply).await,
         Command::Apikey { namespace, action } => apikey(namespace, action).await,
     };

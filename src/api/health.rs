@@ -1,4 +1,5 @@
-//! `/healthz` (the process lives) and `/readyz` (it can serve: connected and caches synced).
+//! `/healthz` (the process lives), `/readyz` (it can serve: connected and caches
+//! synced) and `/metrics` (Prometheus); none needs an API key.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,6 +14,17 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(),
+    )
 }
 
 async fn healthz() -> Json<Value> {

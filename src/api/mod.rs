@@ -64,14 +64,30 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         ))
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+/// Counts every answer by status class for `/metrics`.
+async fn count_responses(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let resp = next.run(req).await;
+    crate::metrics::count_http(resp.status().as_u16());
+    resp
+}
+
+/// The whole HTTP surface; without `with_api` only health and metrics (controller-only mode).
+pub fn router(state: AppState, with_api: bool) -> Router {
+    let routes = if with_api {
+        api_routes(&state)
+    } else {
+        Router::new()
+    };
     Router::new()
-        .merge(api_routes(&state))
+        .merge(routes)
         .merge(health::router())
         .fallback(|| async { ApiError::not_found("Not found") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Fields reads the body with its own limit; this also bounds anything else.
         .layer(DefaultBodyLimit::max(body::MAX_BODY))
+        .layer(middleware::from_fn(count_responses))
         .with_state(state)
 }

@@ -58,11 +58,14 @@ pub struct Store {
     key_secrets: Cache<Secret>,
     claim_maps: Cache<ConfigMap>,
     catalog_maps: Cache<ConfigMap>,
+    /// Whether everything the REST API reads is watched (else only the catalog).
+    full: bool,
 }
 
 impl Store {
-    /// Empty caches for `namespace`; [`Store::run`] fills them.
-    pub fn new(client: Client, namespace: &str) -> Self {
+    /// Empty caches for `namespace`; [`Store::run`] fills them: everything when
+    /// `full`, else only the catalog (what the controllers need).
+    pub fn new(client: Client, namespace: &str, full: bool) -> Self {
         let user_secrets = Cache::default();
         let key_secrets = Cache::default();
         let claim_maps = Cache::default();
@@ -86,6 +89,7 @@ impl Store {
             key_secrets,
             claim_maps,
             catalog_maps: Cache::default(),
+            full,
             client,
         }
     }
@@ -103,6 +107,18 @@ impl Store {
     /// Runs every watch until the process ends.
     pub async fn run(self) {
         let ns = &self.namespace;
+        let catalog = async {
+            tokio::join!(
+                self.catalog_maps.clone().run(
+                    Api::namespaced(self.client.clone(), ns),
+                    watcher::Config::default().labels(LABEL_CATALOG)
+                ),
+                self.catalog.clone().follow(self.catalog_maps.clone()),
+            );
+        };
+        if !self.full {
+            return catalog.await;
+        }
         let secrets = |kind: &str| {
             watcher::Config::default()
                 .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
@@ -127,16 +143,16 @@ impl Store {
                 Api::namespaced(self.client.clone(), ns),
                 watcher::Config::default().labels(LABEL_CLAIM)
             ),
-            self.catalog_maps.clone().run(
-                Api::namespaced(self.client.clone(), ns),
-                watcher::Config::default().labels(LABEL_CATALOG)
-            ),
-            self.catalog.clone().follow(self.catalog_maps.clone()),
+            catalog,
         );
     }
 
     /// Resolves once every cache has its first full list.
     pub async fn synced(&self) {
+        self.catalog_maps.synced().await;
+        if !self.full {
+            return;
+        }
         self.instances.synced().await;
         self.nodes.synced().await;
         self.user_secrets.synced().await;
@@ -147,6 +163,9 @@ impl Store {
 
     /// Whether every cache has its first full list.
     pub fn is_synced(&self) -> bool {
+        if !self.full {
+            return self.catalog_maps.is_synced();
+        }
         self.instances.is_synced()
             && self.nodes.is_synced()
             && self.user_secrets.is_synced()

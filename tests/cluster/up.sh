@@ -120,6 +120,9 @@ start_kube_scheduler() {
 }
 
 start_kwok() {
+  # A restarted kwok cannot adopt the node Leases its predecessor made; without
+  # renewals the node lifecycle controller would mark the nodes NotReady.
+  kubectl -n kube-node-lease delete lease --all --ignore-not-found >/dev/null 2>&1 || true
   start kwok "$BIN/kwok" --kubeconfig "$KUBECONFIG_PATH" --config "$CLUSTER_SRC/kwok.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --server-address "127.0.0.1:$KWOK_PORT"

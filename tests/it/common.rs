@@ -144,3 +144,101 @@ where
 pub fn random_port() -> i32 {
     30000 + (uuid::Uuid::new_v4().as_u128() % 30000) as i32
 }
+
+/// A fake node of a test's own (kwok makes it Ready), so a test that disturbs a
+/// node, or fills it, does not disturb others. Deleted by [`FakeNode::delete`].
+pub struct FakeNode {
+    /// The Kubernetes node's name.
+    pub name: String,
+    /// Its InternalIP.
+    pub ip: String,
+}
+
+impl FakeNode {
+    /// Creates the node and waits until it is Ready.
+    pub async fn create(client: &Client) -> Self {
+        use k8s_openapi::api::core::v1::Node;
+        let n = uuid::Uuid::new_v4().as_u128();
+        let name = format!(
+            "kwok-test-{}",
+            &uuid::Uuid::from_u128(n).simple().to_string()[..8]
+        );
+        let ip = format!(
+            "127.0.{}.{}",
+            20 + (n % 200) as u8,
+            1 + ((n >> 8) % 250) as u8
+        );
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": { "kubernetes.io/hostname": name, "type": "kwok-test", TEST_LABEL: "true" },
+                "annotations": { "kwok.x-k8s.io/node": "fake", "berth.dev/test-node-ip": ip }
+            }
+        }))
+        .expect("node literal");
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create fake node");
+        eventually(Duration::from_secs(30), "fake node Ready", || async {
+            nodes
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|n| n.status?.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .await;
+        Self { name, ip }
+    }
+
+    /// Sets the node's Ready condition, as a kubelet would report it. kwok is told
+    /// to let go of the node first (it would set it Ready again at once), so the node
+    /// stays as set for the rest of the test.
+    pub async fn set_ready(&self, client: &Client, ready: bool) {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let release =
+            serde_json::json!({ "metadata": { "annotations": { "kwok.x-k8s.io/node": null } } });
+        nodes
+            .patch(
+                &self.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(release),
+            )
+            .await
+            .expect("release node from kwok");
+        let node = nodes.get_status(&self.name).await.expect("get node");
+        let mut conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+        for c in conditions.iter_mut().filter(|c| c.type_ == "Ready") {
+            c.status = if ready { "True" } else { "False" }.into();
+            c.reason = Some(
+                if ready {
+                    "KubeletReady"
+                } else {
+                    "KubeletNotReady"
+                }
+                .into(),
+            );
+            c.message = Some(format!("set by a test: ready={ready}"));
+        }
+        let patch = serde_json::json!({ "status": { "conditions": conditions } });
+        nodes
+            .patch_status(
+                &self.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(patch),
+            )
+            .await
+            .expect("patch node status");
+    }
+
+    /// Deletes the node.
+    pub async fn delete(self, client: &Client) {
+        use k8s_openapi::api::core::v1::Node;
+        let _ = Api::<Node>::all(client.clone())
+            .delete(&self.name, &Default::default())
+            .await;
+    }
+}

@@ -7,6 +7,7 @@ mod server;
 
 mod api;
 mod control_plane;
+mod controller;
 mod crds;
 mod drift;
 mod serve;

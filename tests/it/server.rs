@@ -25,6 +25,7 @@ pub struct TestServer {
     pub key: String,
     http: reqwest::Client,
     child: Child,
+    logs: Arc<Mutex<String>>,
     /// Every answer body, for the secret scan.
     seen: Arc<Mutex<Vec<String>>>,
     /// Strings that must never appear in an answer or a log line.
@@ -68,9 +69,99 @@ pub fn catalog_configmap() -> ConfigMap {
     .expect("catalog configmap")
 }
 
+/// A running `berth serve` whose log is collected as it is written (a full pipe
+/// would block the server).
+pub struct Berth {
+    /// The process.
+    pub child: Child,
+    /// Its base URL.
+    pub base: String,
+    /// Its log so far.
+    pub logs: Arc<Mutex<String>>,
+}
+
+/// Starts `berth serve` on a free port in `ns` with extra `args`.
+pub async fn spawn_berth(ns: &str, args: &[&str]) -> Berth {
+    let port = free_port().await;
+    let mut all = vec!["--log-format", "json", "serve", "-n", ns];
+    let listen = format!("127.0.0.1:{port}");
+    all.extend(["--listen", &listen]);
+    all.extend(args);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(&all)
+        .env("KUBECONFIG", common::kubeconfig())
+        .env(
+            "RUST_LOG",
+            "debug,kube=info,hyper=info,tower=info,h2=info,rustls=info",
+        )
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start berth serve");
+    let logs = Arc::new(Mutex::new(String::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                logs.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "berth serve ready", || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    Berth { child, base, logs }
+}
+
+/// A counter from a server's /metrics, e.g. `berth_kube_requests_total{verb="patch"}`.
+pub async fn metric(base: &str, series: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<u64>().expect("counter"))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+/// Writes (create, update, patch, delete) a server made to the API server so far.
+pub async fn kube_writes(base: &str) -> u64 {
+    let mut total = 0;
+    for verb in ["create", "update", "patch", "delete"] {
+        total += metric(
+            base,
+            &format!("berth_kube_requests_total{{verb=\"{verb}\"}}"),
+        )
+        .await;
+    }
+    total
+}
+
 impl TestServer {
     /// Starts a server in a fresh namespace named after `test`.
     pub async fn start(test: &str) -> Self {
+        Self::start_with(test, &[]).await
+    }
+
+    /// Starts a server with extra arguments to `berth serve`.
+    pub async fn start_with(test: &str, args: &[&str]) -> Self {
         let client = common::client().await;
         common::crds(&client).await;
         let ns = common::namespace(&client, test).await;
@@ -83,35 +174,8 @@ impl TestServer {
             .await
             .expect("api key");
 
-        let port = free_port().await;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "--log-format",
-                "json",
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "-n",
-                &ns,
-            ])
-            .env("KUBECONFIG", common::kubeconfig())
-            .env(
-                "RUST_LOG",
-                "debug,kube=info,hyper=info,tower=info,h2=info,rustls=info",
-            )
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start berth serve");
-        let base = format!("http://127.0.0.1:{port}");
+        let Berth { child, base, logs } = spawn_berth(&ns, args).await;
         let http = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "berth serve ready", || async {
-            http.get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
         Self {
             client,
             ns,
@@ -120,6 +184,7 @@ impl TestServer {
             key,
             http,
             child,
+            logs,
             seen: Arc::default(),
         }
     }
@@ -166,11 +231,9 @@ impl TestServer {
     /// a password, an API key, or any argon2 hash.
     pub async fn finish(mut self) {
         self.child.start_kill().expect("kill");
-        let mut logs = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            err.read_to_string(&mut logs).await.expect("read logs");
-        }
         let _ = self.child.wait().await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // the log reader's last read
+        let logs = self.logs.lock().expect("lock").clone();
         let seen = self.seen.lock().expect("lock").join("\n");
         let mut forbidden = self.secrets.lock().expect("lock").clone();
         forbidden.push("$argon2".to_owned());

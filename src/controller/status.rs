@@ -1,0 +1,462 @@
+//! An Instance's status as a pure function of what the controller observed: its
+//! Pod, its node, and whether a Pod could be built at all. Conditions keep their
+//! lastTransitionTime while their status holds, so an unchanged world yields an
+//! identical status and the controller writes nothing.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{Instance, InstanceState, InstanceStatus};
+
+/// Condition type: the Pod is placed on its node.
+pub const SCHEDULED: &str = "Scheduled";
+/// Condition type: the game server is running and ready.
+pub const READY: &str = "Ready";
+
+/// Container waiting reasons that mean the game server cannot run until something changes.
+const FAILING: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// What the controller saw while reconciling one Instance.
+#[derive(Debug, Default)]
+pub struct Observed<'a> {
+    /// The Instance's Pod, if it exists.
+    pub pod: Option<&'a Pod>,
+    /// Why no Pod can be placed yet (no Berth Node, no matching Kubernetes node), if so.
+    pub unplaceable: Option<(&'static str, String)>,
+    /// Why the Instance cannot run as specified (e.g. a bad catalog entry), if so.
+    pub invalid: Option<String>,
+    /// The Kubernetes node the Instance is pinned to, when known.
+    pub kube_node: Option<String>,
+    /// Whether that node is Ready (None: unknown).
+    pub kube_node_ready: Option<bool>,
+    /// The address of the Berth Node (used when the Pod reports no host IP).
+    pub node_address: Option<String>,
+}
+
+struct Cond {
+    type_: &'static str,
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+fn cond(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Cond {
+    Cond {
+        type_,
+        ok,
+        reason: reason.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn pod_condition<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// The first container (init containers first) stuck with a failing reason.
+fn failing_container(pod: &Pod) -> Option<(String, String, bool)> {
+    let status = pod.status.as_ref()?;
+    let init = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .map(|c| (c, true));
+    let main = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| (c, false));
+    init.chain(main).find_map(|(c, is_init)| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.clone()?;
+        FAILING.contains(&reason.as_str()).then(|| {
+            let message = waiting
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("container {} is {reason}", c.name));
+            (reason, message, is_init)
+        })
+    })
+}
+
+/// Summary of a Pod's situation: state and the two conditions.
+fn from_pod(pod: &Pod, obs: &Observed) -> (InstanceState, Cond, Cond) {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    if matches!(phase, "Failed" | "Succeeded") {
+        let reason = status
+            .and_then(|s| s.reason.clone())
+            .unwrap_or_else(|| "PodFailed".into());
+        let message = status
+            .and_then(|s| s.message.clone())
+            .unwrap_or_else(|| format!("the Pod ended ({phase})"));
+        return (
+            InstanceState::Failed,
+            cond(
+                SCHEDULED,
+                node.is_some(),
+                "Scheduled",
+                format!("placed on {}", node.unwrap_or_default()),
+            ),
+            cond(
+                READY,
+                false,
+                &reason,
+                format!("{message}; the Pod is being recreated"),
+            ),
+        );
+    }
+    let Some(node) = node else {
+        // Not placed: the scheduler says why in PodScheduled.
+        let (reason, message) = pod_condition(pod, "PodScheduled")
+            .filter(|c| c.status == "False")
+            .map(|c| {
+                (
+                    c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+                    c.message.clone().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_else(|| ("Scheduling".into(), "waiting for the scheduler".into()));
+        return (
+            InstanceState::Pending,
+            cond(SCHEDULED, false, &reason, message),
+            cond(
+                READY,
+                false,
+                "NotScheduled",
+                "the Pod is not placed on a node yet",
+            ),
+        );
+    };
+    let scheduled = cond(SCHEDULED, true, "Scheduled", format!("placed on {node}"));
+    if obs.kube_node_ready == Some(false) {
+        return (
+            InstanceState::Pending,
+            scheduled,
+            cond(
+                READY,
+                false,
+                "NodeNotReady",
+                format!("Kubernetes node {node} is not Ready"),
+            ),
+        );
+    }
+    if let Some((reason, message, is_init)) = failing_container(pod) {
+        let message = if is_init {
+            format!("install step: {message}")
+        } else {
+            message
+        };
+        return (
+            InstanceState::Failed,
+            scheduled,
+            cond(READY, false, &reason, message),
+        );
+    }
+    match pod_condition(pod, "Ready") {
+        Some(c) if c.status == "True" => (
+            InstanceState::Running,
+            scheduled,
+            cond(READY, true, "Running", "the game server is running"),
+        ),
+        Some(c) if phase == "Running" => (
+            InstanceState::Installing,
+            scheduled,
+            cond(
+                READY,
+                false,
+                c.reason.as_deref().unwrap_or("ContainersNotReady"),
+                c.message
+                    .clone()
+                    .unwrap_or_else(|| "the game server is starting".into()),
+            ),
+        ),
+        _ => (
+            InstanceState::Installing,
+            scheduled,
+            cond(
+                READY,
+                false,
+                "Installing",
+                "installing and pulling the image",
+            ),
+        ),
+    }
+}
+
+/// The status of `inst` given what was observed. `now` stamps conditions that change.
+pub fn derive(inst: &Instance, obs: &Observed, now: &Time) -> InstanceStatus {
+    let (state, scheduled, ready) = if inst.spec.suspended {
+        (
+            InstanceState::Suspended,
+            cond(SCHEDULED, false, "Suspended", "the instance is suspended"),
+            cond(READY, false, "Suspended", "the instance is suspended"),
+        )
+    } else if let Some(message) = &obs.invalid {
+        (
+            InstanceState::Failed,
+            cond(SCHEDULED, false, "InvalidSpec", message.clone()),
+            cond(READY, false, "InvalidSpec", message.clone()),
+        )
+    } else if let Some((reason, message)) = &obs.unplaceable {
+        (
+            InstanceState::Pending,
+            cond(SCHEDULED, false, reason, message.clone()),
+            cond(READY, false, "NotScheduled", "the Pod cannot be placed yet"),
+        )
+    } else if let Some(pod) = obs.pod {
+        from_pod(pod, obs)
+    } else {
+        (
+            InstanceState::Pending,
+            cond(SCHEDULED, false, "Creating", "creating the Pod"),
+            cond(
+                READY,
+                false,
+                "NotScheduled",
+                "the Pod is not placed on a node yet",
+            ),
+        )
+    };
+
+    let placed = matches!(state, InstanceState::Running | InstanceState::Installing);
+    let host = obs
+        .pod
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.host_ip.clone())
+        .or_else(|| obs.node_address.clone());
+    let address = placed
+        .then_some(host)
+        .flatten()
+        .map(|h| format!("{h}:{}", inst.spec.primary_port));
+    let generation = inst.metadata.generation;
+    let old = inst
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions = [scheduled, ready]
+        .into_iter()
+        .map(|c| {
+            let status = if c.ok { "True" } else { "False" };
+            // Keep the transition time while the condition's status holds.
+            let since = old
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == status)
+                .map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
+            Condition {
+                type_: c.type_.to_owned(),
+                status: status.to_owned(),
+                reason: c.reason,
+                message: c.message,
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    InstanceStatus {
+        state: Some(state),
+        conditions,
+        pod_name: obs.pod.and_then(|p| p.metadata.name.clone()),
+        kubernetes_node: obs
+            .pod
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.node_name.clone())
+            .or_else(|| obs.kube_node.clone()),
+        address,
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn instance(suspended: bool) -> Instance {
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Instance",
+            "metadata": { "name": "abc", "generation": 2 },
+            "spec": { "displayName": "x", "userId": "u", "image": "i", "node": "n", "memory": 64, "cpu": 0.5,
+                      "ports": [{ "containerPort": 25565, "hostPort": 25565 }], "primaryPort": 25565, "suspended": suspended }
+        }))
+        .expect("instance")
+    }
+
+    fn pod(status: serde_json::Value, node: Option<&str>) -> Pod {
+        serde_json::from_value(json!({ "metadata": { "name": "abc" }, "spec": { "containers": [], "nodeName": node }, "status": status }))
+            .expect("pod")
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("ts"))
+    }
+
+    fn ready_of(s: &InstanceStatus) -> (&str, &str) {
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_running_pod_makes_a_running_instance_with_an_address() {
+        let p = pod(
+            json!({ "phase": "Running", "hostIP": "127.0.10.2", "conditions": [{ "type": "Ready", "status": "True" }] }),
+            Some("kwok-node-2"),
+        );
+        let obs = Observed {
+            pod: Some(&p),
+            ..Observed::default()
+        };
+        let s = derive(&instance(false), &obs, &now());
+        assert_eq!(s.state, Some(InstanceState::Running));
+        assert_eq!(s.address.as_deref(), Some("127.0.10.2:25565"));
+        assert_eq!(s.kubernetes_node.as_deref(), Some("kwok-node-2"));
+        assert_eq!(s.observed_generation, Some(2));
+        assert_eq!(ready_of(&s), ("True", "Running"));
+    }
+
+    #[test]
+    fn an_unschedulable_pod_carries_the_schedulers_reason() {
+        let p = pod(
+            json!({ "phase": "Pending", "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/4 nodes are available: 1 node(s) didn't have free ports for the requested pod ports." }] }),
+            None,
+        );
+        let s = derive(
+            &instance(false),
+            &Observed {
+                pod: Some(&p),
+                ..Observed::default()
+            },
+            &now(),
+        );
+        assert_eq!(s.state, Some(InstanceState::Pending));
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SCHEDULED)
+            .expect("Scheduled");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Unschedulable")
+        );
+        assert!(c.message.contains("free ports"));
+        assert_eq!(s.address, None);
+    }
+
+    #[test]
+    fn image_pull_failures_and_crash_loops_fail_the_instance() {
+        for (reason, init) in [
+            ("ImagePullBackOff", false),
+            ("CrashLoopBackOff", false),
+            ("CrashLoopBackOff", true),
+        ] {
+            let statuses = json!([{ "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                                    "state": { "waiting": { "reason": reason, "message": "back-off" } } }]);
+            let key = if init {
+                "initContainerStatuses"
+            } else {
+                "containerStatuses"
+            };
+            let p = pod(json!({ "phase": "Pending", key: statuses }), Some("n1"));
+            let s = derive(
+                &instance(false),
+                &Observed {
+                    pod: Some(&p),
+                    ..Observed::default()
+                },
+                &now(),
+            );
+            assert_eq!(s.state, Some(InstanceState::Failed), "{reason}");
+            assert_eq!(ready_of(&s), ("False", reason));
+        }
+    }
+
+    #[test]
+    fn node_problems_suspension_and_missing_pods() {
+        let p = pod(
+            json!({ "phase": "Running", "conditions": [{ "type": "Ready", "status": "True" }] }),
+            Some("n1"),
+        );
+        let obs = Observed {
+            pod: Some(&p),
+            kube_node_ready: Some(false),
+            ..Observed::default()
+        };
+        let s = derive(&instance(false), &obs, &now());
+        assert_eq!(
+            (s.state, ready_of(&s)),
+            (Some(InstanceState::Pending), ("False", "NodeNotReady"))
+        );
+
+        let s = derive(&instance(true), &Observed::default(), &now());
+        assert_eq!(s.state, Some(InstanceState::Suspended));
+
+        let obs = Observed {
+            unplaceable: Some(("NodeNotFound", "no Berth Node n".into())),
+            ..Observed::default()
+        };
+        let s = derive(&instance(false), &obs, &now());
+        assert_eq!(s.state, Some(InstanceState::Pending));
+        assert_eq!(s.conditions[0].reason, "NodeNotFound");
+
+        let p = pod(
+            json!({ "phase": "Failed", "reason": "Evicted", "message": "low on memory" }),
+            Some("n1"),
+        );
+        let s = derive(
+            &instance(false),
+            &Observed {
+                pod: Some(&p),
+                ..Observed::default()
+            },
+            &now(),
+        );
+        assert_eq!(
+            (s.state, ready_of(&s)),
+            (Some(InstanceState::Failed), ("False", "Evicted"))
+        );
+    }
+
+    #[test]
+    fn an_unchanged_world_yields_an_identical_status() {
+        let p = pod(
+            json!({ "phase": "Running", "conditions": [{ "type": "Ready", "status": "True" }] }),
+            Some("n1"),
+        );
+        let obs = Observed {
+            pod: Some(&p),
+            node_address: Some("10.1.1.1".into()),
+            ..Observed::default()
+        };
+        let mut inst = instance(false);
+        let first = derive(&inst, &obs, &now());
+        inst.status = Some(first.clone());
+        let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_900_000_000).expect("ts"));
+        assert_eq!(
+            derive(&inst, &obs, &later),
+            first,
+            "transition times are kept"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Prometheus metrics, kept in process-wide atomics and rendered as text at
+//! `/metrics`: the Kubernetes API requests Berth makes (by verb, so idle writes can
+//! be counted), reconciles by controller and outcome, and HTTP answers by class.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http::{Method, Request};
+
+/// Kinds of Kubernetes API request, as counted.
+const VERBS: [&str; 7] = [
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+/// Controllers, as counted.
+pub const CONTROLLERS: [&str; 2] = ["instance", "node"];
+
+struct Metrics {
+    kube_requests: [AtomicU64; VERBS.len()],
+    reconciles: [[AtomicU64; 2]; CONTROLLERS.len()],
+    http_responses: [AtomicU64; 5],
+}
+
+static METRICS: Metrics = Metrics {
+    kube_requests: [const { AtomicU64::new(0) }; VERBS.len()],
+    reconciles: [const { [const { AtomicU64::new(0) }; 2] }; CONTROLLERS.len()],
+    http_responses: [const { AtomicU64::new(0) }; 5],
+};
+
+/// Classifies a request to the API server by verb.
+pub fn verb(method: &Method, path_and_query: &str) -> &'static str {
+    let watch = path_and_query.contains("watch=true") || path_and_query.contains("watch=1");
+    match *method {
+        Method::GET if watch => "watch",
+        // A collection path ends in the plural; a named object has one more segment.
+        // Without discovery we cannot tell for sure, so `list` is what has a query
+        // with list options or none at all on a collection-looking path.
+        Method::GET
+            if path_and_query.contains("limit=") || path_and_query.contains("labelSelector=") =>
+        {
+            "list"
+        }
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "get",
+    }
+}
+
+fn count_kube(verb: &str) {
+    if let Some(i) = VERBS.iter().position(|v| *v == verb) {
+        METRICS.kube_requests[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Number of write requests (create, update, patch, delete) made so far.
+pub fn kube_writes() -> u64 {
+    ["create", "update", "patch", "delete"]
+        .iter()
+        .filter_map(|v| VERBS.iter().position(|x| x == v))
+        .map(|i| METRICS.kube_requests[i].load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Counts one reconcile of `controller`.
+pub fn count_reconcile(controller: &str, ok: bool) {
+    if let Some(i) = CONTROLLERS.iter().position(|c| *c == controller) {
+        METRICS.reconciles[i][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one HTTP answer by status class.
+pub fn count_http(status: u16) {
+    let class = usize::from(status / 100).clamp(1, 5) - 1;
+    METRICS.http_responses[class].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render() -> String {
+    let mut out = String::new();
+    out.push_str("# HELP berth_kube_requests_total Requests Berth made to the Kubernetes API server, by verb.\n");
+    out.push_str("# TYPE berth_kube_requests_total counter\n");
+    for (i, verb) in VERBS.iter().enumerate() {
+        let n = METRICS.kube_requests[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "berth_kube_requests_total{{verb=\"{verb}\"}} {n}");
+    }
+    out.push_str("# HELP berth_reconciles_total Reconciles by controller and result.\n");
+    out.push_str("# TYPE berth_reconciles_total counter\n");
+    for (i, c) in CONTROLLERS.iter().enumerate() {
+        for (j, result) in ["ok", "error"].iter().enumerate() {
+            let n = METRICS.reconciles[i][j].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "berth_reconciles_total{{controller=\"{c}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+    out.push_str("# HELP berth_http_responses_total HTTP answers by status class.\n");
+    out.push_str("# TYPE berth_http_responses_total counter\n");
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        let n = METRICS.http_responses[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "berth_http_responses_total{{class=\"{class}\"}} {n}");
+    }
+    out
+}
+
+/// A tower layer that counts every request the Kubernetes client sends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountKubeRequests;
+
+impl<S> tower::Layer<S> for CountKubeRequests {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted(inner)
+    }
+}
+
+/// The service [`CountKubeRequests`] wraps around the client's stack.
+#[derive(Clone, Debug)]
+pub struct Counted<S>(S);
+
+impl<S, B> tower::Service<Request<B>> for Counted<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or_default();
+        count_kube(verb(req.method(), pq));
+        self.0.call(req)
+    }
+}
+
+/// A Kubernetes client from KUBECONFIG or the in-cluster config, counting its requests.
+pub async fn client() -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&CountKubeRequests)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_classified() {
+        assert_eq!(
+            verb(&Method::GET, "/api/v1/pods?watch=true&resourceVersion=1"),
+            "watch"
+        );
+        assert_eq!(
+            verb(&Method::GET, "/api/v1/namespaces/a/pods?limit=500"),
+            "list"
+        );
+        assert_eq!(verb(&Method::GET, "/api/v1/namespaces/a/pods/x"), "get");
+        assert_eq!(verb(&Method::PATCH, "/x"), "patch");
+        assert_eq!(verb(&Method::POST, "/x"), "create");
+    }
+
+    #[test]
+    fn writes_are_counted_and_rendered() {
+        let before = kube_writes();
+        count_kube("patch");
+        count_kube("get");
+        assert_eq!(kube_writes(), before + 1);
+        assert!(render().contains("berth_kube_requests_total{verb=\"patch\"}"));
+    }
+}

@@ -1,0 +1,476 @@
+//! The controllers against the real control plane: Pods placed by the real
+//! scheduler on kwok nodes, statuses, self-healing, node readiness, no writes in a
+//! steady state, and leader election between replicas.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth::crd::{Instance, InstanceState, Node, NodeState};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::common::{self, FakeNode, eventually};
+use crate::server::{self, TestServer};
+
+async fn user(srv: &TestServer, id: &str) {
+    let a = srv
+        .call(
+            "POST",
+            "/api/users/create",
+            Some(json!({ "username": id, "email": format!("{id}@example.com"), "password": "correct horse", "userId": id })),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+}
+
+async fn node(srv: &TestServer, address: &str) -> String {
+    let a = srv
+        .call(
+            "POST",
+            "/api/nodes/create",
+            Some(json!({ "name": "N", "address": address })),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    a.body["id"].as_str().expect("id").to_owned()
+}
+
+async fn deploy(srv: &TestServer, node: &str, user: &str, port: i32) -> String {
+    let body = json!({ "image": "Node.js", "memory": 64, "cpu": 0.05, "ports": port.to_string(),
+                       "nodeId": node, "name": "app", "user": user, "primary": port });
+    let a = srv.call("POST", "/api/instances/deploy", Some(body)).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    a.body["Id"].as_str().expect("Id").to_owned()
+}
+
+async fn instance(client: &Client, ns: &str, id: &str) -> Instance {
+    Api::<Instance>::namespaced(client.clone(), ns)
+        .get(id)
+        .await
+        .expect("instance")
+}
+
+async fn wait_state(client: &Client, ns: &str, id: &str, state: InstanceState) -> Instance {
+    let api: Api<Instance> = Api::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(60),
+        &format!("instance {id} {state:?}"),
+        || async { api.get(id).await.ok().and_then(|i| i.status?.state) == Some(state) },
+    )
+    .await;
+    instance(client, ns, id).await
+}
+
+fn condition<'a>(
+    inst: &'a Instance,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    inst.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition on {}", inst.name_any()))
+}
+
+#[tokio::test]
+async fn a_deployed_instance_runs_on_its_node_and_heals() {
+    let srv = TestServer::start("ctl-lifecycle").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    user(&srv, "u1").await;
+    let node_id = node(&srv, "127.0.10.3").await;
+    let port = common::random_port();
+    let id = deploy(&srv, &node_id, "u1", port).await;
+
+    let inst = wait_state(&client, &ns, &id, InstanceState::Running).await;
+    let status = inst.status.clone().expect("status");
+    assert_eq!(
+        status.address.as_deref(),
+        Some(format!("127.0.10.3:{port}").as_str())
+    );
+    assert_eq!(status.kubernetes_node.as_deref(), Some("kwok-node-3"));
+    assert_eq!(status.pod_name.as_deref(), Some(id.as_str()));
+    assert_eq!(status.observed_generation, inst.metadata.generation);
+    assert_eq!(condition(&inst, "Ready").status, "True");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = pods.get(&id).await.expect("pod");
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("kwok-node-3")
+    );
+    assert_eq!(pod.owner_references()[0].uid, inst.uid().expect("uid"));
+    assert!(
+        pod.managed_fields()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("berth")),
+        "the Pod is applied by the berth field manager"
+    );
+
+    // The REST API and kubectl see it running, with its address.
+    let a = srv
+        .call("POST", "/api/getInstance", Some(json!({ "id": id })))
+        .await;
+    assert_eq!(
+        (a.body["InternalState"].clone(), a.body["Address"].clone()),
+        (json!("READY"), json!(format!("127.0.10.3:{port}")))
+    );
+    let table = common::kubectl(&["get", "inst", "-n", &ns]).await;
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("row");
+    assert!(
+        row.contains("Running") && row.contains(&format!("127.0.10.3:{port}")),
+        "{table}"
+    );
+    let a = srv.call("GET", "/api/nodes", None).await;
+    assert_eq!(
+        (
+            a.body[0]["status"].clone(),
+            a.body[0]["kubernetesNode"].clone()
+        ),
+        (json!("Online"), json!("kwok-node-3"))
+    );
+
+    // A Pod deleted behind Berth's back comes back.
+    let old_uid = pod.uid().expect("uid");
+    pods.delete(&id, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    eventually(Duration::from_secs(60), "pod recreated", || async {
+        pods.get_opt(&id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.uid() != Some(old_uid.clone()))
+    })
+    .await;
+    wait_state(&client, &ns, &id, InstanceState::Running).await;
+
+    // Suspend removes the Pod; unsuspend brings it back.
+    assert_eq!(
+        srv.call("POST", &format!("/api/instances/suspend/{id}"), None)
+            .await
+            .status,
+        200
+    );
+    wait_state(&client, &ns, &id, InstanceState::Suspended).await;
+    eventually(
+        Duration::from_secs(60),
+        "pod gone when suspended",
+        || async { pods.get_opt(&id).await.ok().flatten().is_none() },
+    )
+    .await;
+    assert_eq!(
+        srv.call("POST", &format!("/api/instances/unsuspend/{id}"), None)
+            .await
+            .status,
+        200
+    );
+    wait_state(&client, &ns, &id, InstanceState::Running).await;
+
+    // Deleting the Instance removes its Pod and its host port claim.
+    assert_eq!(
+        srv.call("DELETE", "/api/instance/delete", Some(json!({ "id": id })))
+            .await
+            .status,
+        201
+    );
+    let claims: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        Duration::from_secs(60),
+        "pod and claim garbage-collected",
+        || async {
+            let no_pod = pods.get_opt(&id).await.ok().flatten().is_none();
+            let no_claim = claims
+                .list(&ListParams::default().labels("berth.dev/claim=hostport"))
+                .await
+                .is_ok_and(|l| l.items.is_empty());
+            no_pod && no_claim
+        },
+    )
+    .await;
+
+    // Events tell the story in `kubectl describe`.
+    let events = common::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        &format!("involvedObject.name={id}"),
+    ])
+    .await;
+    for reason in ["PodCreated", "Running", "PodDeleted", "Suspended"] {
+        assert!(events.contains(reason), "no {reason} event:\n{events}");
+    }
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_host_port_conflict_shows_the_schedulers_reason() {
+    let srv = TestServer::start("ctl-conflict").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    let fake = FakeNode::create(&client).await;
+    user(&srv, "u1").await;
+    let node_id = node(&srv, &fake.ip).await;
+    // Written directly, bypassing the REST API's check and claims.
+    let api: Api<Instance> = Api::namespaced(client.clone(), &ns);
+    for name in ["first", "second"] {
+        let inst: Instance = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "metadata": { "name": name },
+            "spec": { "displayName": name, "userId": "u1", "image": "example.invalid/game:1", "node": node_id,
+                      "memory": 64, "cpu": 0.05, "ports": [{ "containerPort": 7777, "hostPort": 7777 }], "primaryPort": 7777 }
+        }))
+        .expect("instance");
+        api.create(&PostParams::default(), &inst)
+            .await
+            .expect("create instance");
+        if name == "first" {
+            wait_state(&client, &ns, "first", InstanceState::Running).await;
+        }
+    }
+    let api2 = api.clone();
+    eventually(Duration::from_secs(60), "second Unschedulable", || async {
+        api2.get("second")
+            .await
+            .ok()
+            .and_then(|i| i.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable")
+            })
+    })
+    .await;
+    let second = instance(&client, &ns, "second").await;
+    assert_eq!(
+        second.status.as_ref().and_then(|s| s.state),
+        Some(InstanceState::Pending)
+    );
+    let scheduled = condition(&second, "Scheduled");
+    assert!(
+        scheduled.message.contains("free ports"),
+        "scheduler's message expected: {}",
+        scheduled.message
+    );
+    let describe = common::kubectl(&["describe", "inst", "second", "-n", &ns]).await;
+    assert!(
+        describe.contains("Unschedulable") && describe.contains("free ports"),
+        "{describe}"
+    );
+    fake.delete(&client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn node_status_follows_the_kubernetes_nodes_readiness() {
+    let srv = TestServer::start("ctl-node").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    let fake = FakeNode::create(&client).await;
+    let node_id = node(&srv, &fake.ip).await;
+    let nodes: Api<Node> = Api::namespaced(client.clone(), &ns);
+    let state = |want: NodeState| {
+        let nodes = nodes.clone();
+        let node_id = node_id.clone();
+        async move {
+            eventually(
+                Duration::from_secs(30),
+                &format!("node {want:?}"),
+                || async {
+                    nodes.get(&node_id).await.ok().and_then(|n| n.status?.state) == Some(want)
+                },
+            )
+            .await;
+        }
+    };
+    state(NodeState::Online).await;
+    let n = nodes.get(&node_id).await.expect("node");
+    let status = n.status.expect("status");
+    assert_eq!(status.kubernetes_node.as_deref(), Some(fake.name.as_str()));
+    assert_eq!(
+        status.capacity.map(|c| (c.cpu, c.memory)),
+        Some((64.0, 262_144))
+    );
+
+    fake.set_ready(&client, false).await;
+    state(NodeState::Offline).await;
+    let a = srv.call("GET", "/api/nodes", None).await;
+    assert_eq!(a.body[0]["status"], json!("Offline"));
+    fake.set_ready(&client, true).await;
+    state(NodeState::Online).await;
+
+    // A node whose address matches nothing is Unknown, and says why.
+    let lost = node(&srv, "192.0.2.123").await;
+    let nodes2 = nodes.clone();
+    eventually(
+        Duration::from_secs(30),
+        "unmatched node Unknown",
+        || async {
+            nodes2
+                .get(&lost)
+                .await
+                .ok()
+                .and_then(|n| n.status)
+                .is_some_and(|s| {
+                    s.state == Some(NodeState::Unknown)
+                        && s.message.is_some_and(|m| m.contains("192.0.2.123"))
+                })
+        },
+    )
+    .await;
+    fake.delete(&client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_steady_state_makes_no_writes() {
+    let srv = TestServer::start("ctl-steady").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    let fake = FakeNode::create(&client).await;
+    user(&srv, "u1").await;
+    let node_id = node(&srv, &fake.ip).await;
+    let ids =
+        futures::future::join_all((0..200).map(|i| deploy(&srv, &node_id, "u1", 20000 + i))).await;
+    assert_eq!(ids.len(), 200);
+    let api: Api<Instance> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        Duration::from_secs(180),
+        "200 instances Running",
+        || async {
+            api.list(&ListParams::default()).await.is_ok_and(|l| {
+                l.items
+                    .iter()
+                    .filter(|i| {
+                        i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running)
+                    })
+                    .count()
+                    == 200
+            })
+        },
+    )
+    .await;
+    // Let in-flight work (events, node status) settle, then watch for 30 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let versions =
+        |items: Vec<(String, Option<String>)>| items.into_iter().collect::<BTreeMap<_, _>>();
+    let rv_instances = versions(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|i| (i.name_any(), i.resource_version()))
+            .collect(),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let rv_pods = versions(
+        pods.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|p| (p.name_any(), p.resource_version()))
+            .collect(),
+    );
+    let writes_before = server::kube_writes(&srv.base).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let writes_after = server::kube_writes(&srv.base).await;
+    assert_eq!(
+        writes_after, writes_before,
+        "Berth wrote to the API server in a steady state"
+    );
+    let rv_instances_after = versions(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|i| (i.name_any(), i.resource_version()))
+            .collect(),
+    );
+    let rv_pods_after = versions(
+        pods.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|p| (p.name_any(), p.resource_version()))
+            .collect(),
+    );
+    assert_eq!(
+        rv_instances, rv_instances_after,
+        "Instances changed in a steady state"
+    );
+    assert_eq!(rv_pods, rv_pods_after, "Pods changed in a steady state");
+    assert_eq!(rv_pods.len(), 200);
+    fake.delete(&client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_a_successor_takes_over() {
+    let srv = TestServer::start_with("ctl-leader", &["--api-only"]).await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    user(&srv, "u1").await;
+    let node_id = node(&srv, "127.0.10.1").await;
+    let args = ["--controller-only", "--lease-duration", "3"];
+    let server::Berth {
+        child: mut first,
+        base: first_base,
+        ..
+    } = server::spawn_berth(&ns, &args).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(30), "a leader", || async {
+        leases
+            .get_opt("berth-controller")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .is_some()
+    })
+    .await;
+    let server::Berth {
+        child: mut second,
+        base: second_base,
+        ..
+    } = server::spawn_berth(&ns, &args).await;
+
+    let id = deploy(&srv, &node_id, "u1", common::random_port()).await;
+    wait_state(&client, &ns, &id, InstanceState::Running).await;
+    let reconciles = |base: String| async move {
+        server::metric(
+            &base,
+            "berth_reconciles_total{controller=\"instance\",result=\"ok\"}",
+        )
+        .await
+    };
+    assert!(
+        reconciles(first_base.clone()).await > 0,
+        "the leader reconciles"
+    );
+    assert_eq!(
+        reconciles(second_base.clone()).await,
+        0,
+        "the follower does not"
+    );
+
+    first.start_kill().expect("kill the leader");
+    let _ = first.wait().await;
+    let id2 = deploy(&srv, &node_id, "u1", common::random_port()).await;
+    wait_state(&client, &ns, &id2, InstanceState::Running).await;
+    assert!(
+        reconciles(second_base.clone()).await > 0,
+        "the successor reconciles"
+    );
+    let holder: Value =
+        serde_json::to_value(leases.get("berth-controller").await.expect("lease").spec)
+            .expect("json");
+    assert!(
+        holder["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{holder}"
+    );
+    second.start_kill().expect("kill");
+    srv.finish().await;
+}
