@@ -15,9 +15,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use crate::crd::{Instance, Node};
-use crate::names::{
-    LABEL_CATALOG, LABEL_CLAIM, LABEL_MANAGED_BY, MANAGED_BY, SECRET_TYPE_API_KEY, SECRET_TYPE_USER,
-};
+use crate::names::{LABEL_CATALOG, LABEL_CLAIM, SECRET_TYPE_API_KEY, SECRET_TYPE_USER};
 use cache::Cache;
 use catalog::Catalog;
 use claims::Claims;
@@ -119,11 +117,8 @@ impl Store {
         if !self.full {
             return catalog.await;
         }
-        let secrets = |kind: &str| {
-            watcher::Config::default()
-                .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
-                .fields(&format!("type={kind}"))
-        };
+        // By type alone: API key Secrets may be made by Helm, which labels what it makes.
+        let secrets = |kind: &str| watcher::Config::default().fields(&format!("type={kind}"));
         tokio::join!(
             self.instances
                 .clone()

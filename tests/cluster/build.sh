@@ -29,9 +29,12 @@ build_all() {
   done
   log "installing kwok $KWOK_VERSION and helm $HELM_VERSION"
   GOBIN=$out go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  GOBIN=$out go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # helm template and helm lint assume the Kubernetes version of the test cluster.
+  local helm_flags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    helm_flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  GOBIN=$out go install -trimpath -ldflags "$helm_flags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
 key=$(inputs_key)
@@ -44,6 +47,8 @@ if [ ! -x "$cache/helm" ]; then
   rm -rf "$cache"
   mv "$cache.tmp" "$cache"
   log "built in $((SECONDS - start))s into $cache"
+  # Builds for inputs that changed since are not needed any more.
+  find "$(dirname "$cache")" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
 fi
 mkdir -p "$CLUSTER_DIR"
 [ -L "$BIN" ] || rm -rf "$BIN"

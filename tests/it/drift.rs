@@ -30,3 +30,17 @@ fn committed_crds_match_the_rust_types() {
         assert_eq!(present, expected_files, "stray or missing files in {dir}");
     }
 }
+
+#[test]
+fn the_charts_app_version_is_the_crates_version() {
+    let chart = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/berth/Chart.yaml"),
+    )
+    .expect("Chart.yaml");
+    let chart: serde_json::Value = serde_yaml::from_str(&chart).expect("yaml");
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "charts/berth/Chart.yaml appVersion"
+    );
+}

@@ -6,6 +6,7 @@ mod common;
 mod server;
 
 mod api;
+mod chart;
 mod control_plane;
 mod controller;
 mod crds;

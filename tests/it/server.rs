@@ -82,6 +82,11 @@ pub struct Berth {
 
 /// Starts `berth serve` on a free port in `ns` with extra `args`.
 pub async fn spawn_berth(ns: &str, args: &[&str]) -> Berth {
+    spawn_berth_as(ns, args, &common::kubeconfig()).await
+}
+
+/// Starts `berth serve` with the identity of another kubeconfig.
+pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth {
     let port = free_port().await;
     let mut all = vec!["--log-format", "json", "serve", "-n", ns];
     let listen = format!("127.0.0.1:{port}");
@@ -89,7 +94,7 @@ pub async fn spawn_berth(ns: &str, args: &[&str]) -> Berth {
     all.extend(args);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(&all)
-        .env("KUBECONFIG", common::kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .env(
             "RUST_LOG",
             "debug,kube=info,hyper=info,tower=info,h2=info,rustls=info",
