@@ -3,8 +3,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER := tests/cluster
 export KUBECONFIG_LOCAL := $(CURDIR)/target/cluster/kubeconfig
+# Schemathesis (PyPI) for the fuzz test, in a venv of the project's own.
+VENV := target/venv
+SCHEMATHESIS_VERSION := 4.32.5
 
-.PHONY: build run test lint fmt crds cluster-up cluster-down cluster-status clean-test-namespaces
+.PHONY: build run test fuzz chaos bench lint fmt crds cluster-up cluster-down cluster-status clean-test-namespaces
 
 ## build: compile the berth binary (debug)
 build:
@@ -14,10 +17,30 @@ build:
 run: build
 	hack/run.sh
 
+$(VENV)/bin/schemathesis:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check schemathesis==$(SCHEMATHESIS_VERSION)
+
 ## test: unit and integration tests against the local control plane (started if needed)
-test:
+test: $(VENV)/bin/schemathesis
 	$(CARGO) build --locked --tests
-	$(CLUSTER)/with-cluster.sh $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8}
+	$(CLUSTER)/with-cluster.sh bash -c '$(CLUSTER)/clean.sh && $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8}' 
+
+## fuzz: the schemathesis run with many more cases (1,000 per operation)
+fuzz: $(VENV)/bin/schemathesis
+	$(CARGO) build --locked --tests
+	BERTH_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(CLUSTER)/with-cluster.sh $(CARGO) test --locked --test it fuzz:: -- --nocapture
+
+## chaos: restart kube-apiserver and etcd under Berth (disturbs the cluster: runs alone)
+chaos:
+	$(CARGO) build --locked --tests
+	$(CLUSTER)/with-cluster.sh $(CARGO) test --locked --test it chaos:: -- --ignored --test-threads=1 --nocapture
+
+## bench: deploy latency/throughput vs the raw API server, reads at 10,000 instances, memory, idle writes, restart
+bench:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(CARGO) build --locked --release --bin berth
+	$(CLUSTER)/with-cluster.sh $(CARGO) bench --locked --bench bench
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -41,6 +64,6 @@ cluster-down:
 cluster-status:
 	$(CLUSTER)/status.sh
 
-## clean-test-namespaces: remove namespaces left by tests on a long-running local cluster
+## clean-test-namespaces: remove what failed tests and benchmarks left on a long-running local cluster
 clean-test-namespaces:
-	target/cluster/bin/kubectl --kubeconfig $(KUBECONFIG_LOCAL) delete ns -l berth.dev/test=true --wait=false
+	$(CLUSTER)/clean.sh

@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Instances reconciled at once.
     #[arg(long, default_value_t = 16, env = "BERTH_CONCURRENCY")]
     concurrency: u16,
+    /// Seconds to keep serving, unready, after SIGTERM before closing connections.
+    #[arg(long, default_value_t = 2, env = "BERTH_SHUTDOWN_DELAY")]
+    shutdown_delay: u64,
     /// Image of the init container that fetches install files (needs sh and curl).
     #[arg(long, env = "BERTH_INIT_IMAGE", default_value_t = berth::controller::PodSettings::default().init_image)]
     init_image: String,
@@ -124,6 +127,7 @@ impl ServeArgs {
             leader_elect: self.leader_elect,
             lease_duration: Duration::from_secs(self.lease_duration),
             concurrency: self.concurrency.max(1),
+            shutdown_delay: Duration::from_secs(self.shutdown_delay),
             pods: berth::controller::PodSettings {
                 init_image: self.init_image,
                 storage_class: self.storage_class.filter(|s| !s.is_empty()),

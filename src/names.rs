@@ -31,3 +31,8 @@ pub const LABEL_CATALOG: &str = "berth.dev/catalog";
 pub const SECRET_TYPE_USER: &str = "berth.dev/user";
 /// Secret type of an API key (holding only its SHA-256).
 pub const SECRET_TYPE_API_KEY: &str = "berth.dev/api-key";
+
+/// Annotation on an Instance: the digest of the Idempotency-Key it was deployed with.
+pub const ANNOTATION_IDEMPOTENCY: &str = "berth.dev/idempotency";
+/// Annotation on a Node being deleted (RFC 3339 time): deploys to it wait for the outcome.
+pub const ANNOTATION_DELETING: &str = "berth.dev/deleting";

@@ -45,6 +45,8 @@ pub struct Config {
     pub pods: PodSettings,
     /// How many Instances reconcile at once.
     pub concurrency: u16,
+    /// How long to keep serving (unready) after SIGTERM before closing connections.
+    pub shutdown_delay: Duration,
 }
 
 /// One shutdown signal for everything: flipped once, seen by every clone.
@@ -129,11 +131,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let app = api::router(state.clone(), with_api);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let state = state.clone();
+        let delay = config.shutdown_delay;
         async move {
             signal().await;
+            // Unready first, and keep serving a moment: load balancers and clients
+            // holding kept-alive connections move away before connections close.
             state.set_ready(false);
+            tokio::time::sleep(delay).await;
             let _ = stop_tx.send(true);
         }
     });

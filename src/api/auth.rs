@@ -1,30 +1,118 @@
 //! The API key check, as an extractor: every `/api` route sits behind it, and no
-//! handler reads the header itself.
+//! handler reads the header itself. A client that keeps presenting bad keys is
+//! slowed down: after [`MAX_FAILURES`] wrong keys within [`FAILURE_WINDOW`] from one
+//! IP address, every request from it gets 429 until the window passes.
 
-use axum::extract::FromRequestParts;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::apikeys;
 
 /// Header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
+/// Failed attempts allowed per client address within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: u32 = 10;
+/// The window over which failures are counted.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at most; older entries are dropped past it.
+const MAX_TRACKED: usize = 10_000;
 
-/// Proof that the request carried a valid API key.
-pub struct ApiKey;
+/// Who called: the SHA-256 of the API key used (never the key itself).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// SHA-256 (hex) of the API key.
+    pub key_digest: String,
+}
 
-impl FromRequestParts<AppState> for ApiKey {
+/// Failed API key attempts per client address.
+#[derive(Clone, Default)]
+pub struct FailureLimiter {
+    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+}
+
+impl FailureLimiter {
+    fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ip).is_some_and(|(since, n)| {
+            now.duration_since(*since) < FAILURE_WINDOW && *n >= MAX_FAILURES
+        })
+    }
+
+    fn fail(&self, ip: IpAddr, now: Instant) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(API_KEY_HEADER) else {
-            return Err(ApiError::unauthorized("API key is required"));
-        };
-        let key = value.to_str().unwrap_or_default();
-        if !key.is_empty() && state.store.keys.verify(key) {
-            Ok(ApiKey)
-        } else {
-            Err(ApiError::unauthorized("Invalid API key"))
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let now = Instant::now();
+        if ip.is_some_and(|ip| state.failures.blocked(ip, now)) {
+            return Err(ApiError::too_many_requests(
+                "Too many requests with an invalid API key; try again later",
+            ));
         }
+        let key = parts
+            .headers
+            .get(API_KEY_HEADER)
+            .map(|v| v.to_str().unwrap_or_default());
+        let result = match key {
+            // Not a guess: nothing to slow down.
+            None => return Err(ApiError::unauthorized("API key is required")),
+            Some(k) if !k.is_empty() && state.store.keys.verify(k) => Ok(Caller {
+                key_digest: apikeys::digest(k),
+            }),
+            Some(_) => Err(ApiError::unauthorized("Invalid API key")),
+        };
+        if result.is_err()
+            && let Some(ip) = ip
+        {
+            state.failures.fail(ip, now);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_blocked_after_too_many_failures_within_the_window() {
+        let limiter = FailureLimiter::default();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILURES - 1 {
+            limiter.fail(ip, t0);
+        }
+        assert!(!limiter.blocked(ip, t0));
+        limiter.fail(ip, t0);
+        assert!(limiter.blocked(ip, t0));
+        assert!(!limiter.blocked(other, t0), "only the failing address");
+        assert!(
+            !limiter.blocked(ip, t0 + FAILURE_WINDOW),
+            "the window passes"
+        );
     }
 }

@@ -69,6 +69,14 @@ impl ApiError {
         )
     }
 
+    /// 431: the header section is too large.
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("Request headers are larger than {} KiB", limit / 1024),
+        )
+    }
+
     /// 429: too many failed attempts.
     pub fn too_many_requests(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, message)
@@ -108,7 +116,12 @@ impl ApiError {
             kube::Error::Api(s) if s.code == 429 || s.code == 503 || s.code == 504 => {
                 Self::unavailable("The Kubernetes API server is busy; try again")
             }
-            _ => Self::internal(action, &err),
+            kube::Error::Api(_) => Self::internal(action, &err),
+            // Not an answer at all: the API server is away (restarting, unreachable).
+            _ => {
+                tracing::warn!(%action, error = %err, "Kubernetes API server unavailable");
+                Self::unavailable("The Kubernetes API server is unavailable; try again")
+            }
         }
     }
 }

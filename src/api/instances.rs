@@ -4,20 +4,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::body::{Fields, has_control};
 use super::error::{ApiError, ApiResult};
+use super::idempotency::{self, IdempotencyKey};
+use super::{AppState, Caller};
 use crate::crd::{Instance, InstanceSpec, InstanceState, Node, PortMapping};
-use crate::names::FIELD_MANAGER;
+use crate::names::{ANNOTATION_IDEMPOTENCY, FIELD_MANAGER, LABEL_NODE, LABEL_USER};
 use crate::store::claims::{ClaimError, ClaimKind, host_port_key};
 use crate::store::users::owner_ref;
 use crate::store::{INDEX_NODE, INDEX_USER};
@@ -287,16 +288,18 @@ pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
 #[utoipa::path(get, path = "/api/instances", tag = "instances",
     responses((status = 200, description = "List of instances", body = [super::openapi::InstanceDoc]),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
-pub async fn list(State(state): State<AppState>) -> Json<Vec<InstanceView>> {
-    Json(
-        state
+pub async fn list(State(state): State<AppState>) -> axum::response::Response {
+    let versions = vec![state.store.instances.version(), state.store.nodes.version()];
+    state.lists().get("instances", versions, || {
+        let views: Vec<InstanceView> = state
             .store
             .instances
             .list()
             .iter()
             .map(|i| view(&state, i))
-            .collect(),
-    )
+            .collect();
+        serde_json::to_vec(&views).unwrap_or_default()
+    })
 }
 
 /// One instance.
@@ -478,89 +481,216 @@ fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
-/// Deploys an instance.
+/// The 201 answer of a deploy.
+fn deployed(id: &str) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::CREATED,
+        Json(
+            json!({ "message": "Instance deployed", "Id": id, "volumeId": id, "state": "INSTALLING" }),
+        ),
+    )
+}
+
+/// The Instance a keyed request made before, if it did (asked of the API server:
+/// after a crash the cache may not have it yet).
+async fn earlier_attempt(state: &AppState, idem: &str) -> ApiResult<Option<Instance>> {
+    let found = state
+        .store
+        .instance_api()
+        .get_opt(&idem[..8])
+        .await
+        .map_err(|e| ApiError::kube("look up an earlier attempt", e))?;
+    Ok(found.filter(|i| {
+        i.annotations()
+            .get(ANNOTATION_IDEMPOTENCY)
+            .map(String::as_str)
+            == Some(idem)
+    }))
+}
+
+/// Undoes a deploy: its claims (the garbage collector would free them too, slower) and the Instance.
+async fn roll_back(state: &AppState, inst: &Instance) {
+    let uid = inst.uid().unwrap_or_default();
+    for p in &inst.spec.ports {
+        let key = host_port_key(&inst.spec.node, p.host_port);
+        state
+            .store
+            .claims
+            .release(ClaimKind::HostPort, &key, &uid)
+            .await;
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: inst.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    if let Err(e) = state
+        .store
+        .instance_api()
+        .delete(&inst.name_any(), &params)
+        .await
+    {
+        tracing::warn!(instance = %inst.name_any(), error = %e, "failed to roll back an instance");
+    }
+    state.store.instances.remove(inst);
+}
+
+/// Claims the instance's host ports on its node: of two racing deploys only one
+/// gets each port. A claim this instance already holds (a retry) counts as made.
+async fn claim_ports(state: &AppState, inst: &Instance) -> ApiResult<()> {
+    let api = state.store.instance_api();
+    let owner = owner_ref(inst);
+    for p in &inst.spec.ports {
+        let key = host_port_key(&inst.spec.node, p.host_port);
+        let alive = |o: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
+            let api = api.clone();
+            async move {
+                Ok(api
+                    .get_opt(&o.name)
+                    .await?
+                    .is_some_and(|x| x.uid().as_deref() == Some(o.uid.as_str())))
+            }
+        };
+        match state
+            .store
+            .claims
+            .create(
+                ClaimKind::HostPort,
+                &key,
+                &inst.name_any(),
+                owner.clone(),
+                alive,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(ClaimError::Taken { .. }) => {
+                return Err(ApiError::bad_request(format!(
+                    "Host port {} is already in use on node {}",
+                    p.host_port, inst.spec.node
+                )));
+            }
+            Err(ClaimError::Api(e)) => return Err(ApiError::kube("claim the host ports", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the instance's node survives a deletion racing this deploy. A node
+/// delete marks the node, then lists its instances, then deletes it; a deploy
+/// creates its Instance, then reads the node. So either the delete sees the
+/// Instance and gives up, or the deploy sees the mark and waits for the outcome:
+/// exactly one of them wins.
+async fn node_survives(state: &AppState, node_id: &str, node_uid: Option<&str>) -> ApiResult<bool> {
+    let deadline = tokio::time::Instant::now() + MARK_WAIT;
+    loop {
+        let node = state
+            .store
+            .node_api()
+            .get_opt(node_id)
+            .await
+            .map_err(|e| ApiError::kube("read the node", e))?;
+        let Some(node) = node.filter(|n| node_uid.is_none() || n.uid().as_deref() == node_uid)
+        else {
+            return Ok(false);
+        };
+        if !super::nodes::being_deleted(&node) || tokio::time::Instant::now() >= deadline {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a deploy waits for a racing node delete to finish.
+const MARK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Deploys an instance. With an `Idempotency-Key` header, a retried request gets
+/// the instance of its first attempt.
 #[utoipa::path(post, path = "/api/instances/deploy", tag = "instances",
     request_body(content = super::openapi::DeployDoc, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this deploy safe")),
     responses((status = 201, description = "Instance created", body = super::openapi::DeployedDoc),
               (status = 400, description = "Missing or invalid parameters", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn deploy(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    IdempotencyKey(key): IdempotencyKey,
     fields: Fields,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let idem = key.map(|k| idempotency::digest(&caller.key_digest, &k));
+    if let Some(d) = &idem
+        && let Some(earlier) = earlier_attempt(&state, d).await?
+    {
+        // A retry: finish what the first attempt may not have (its claims).
+        claim_ports(&state, &earlier).await?;
+        state.store.instances.upsert(earlier.clone());
+        return Ok(deployed(&earlier.name_any()));
+    }
     let Deploy { spec } = check_deploy(&state, &fields)?;
+    let node_uid = state.store.nodes.get(&spec.node).and_then(|n| n.uid());
     let api = state.store.instance_api();
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
+    let mut labels = std::collections::BTreeMap::new();
+    for (label, value) in [(LABEL_NODE, &spec.node), (LABEL_USER, &spec.user_id)] {
+        if crate::controller::pod::label_safe(value) {
+            labels.insert(label.to_owned(), value.clone());
+        }
+    }
     let mut created = None;
-    for _ in 0..ID_ATTEMPTS {
-        let inst = Instance::new(&short_id(), spec.clone());
+    for attempt in 0..ID_ATTEMPTS {
+        // A keyed request's first id comes from its key, so a retry meets its first attempt.
+        let keyed = attempt == 0 && idem.is_some();
+        let id = match (&idem, keyed) {
+            (Some(d), true) => d[..8].to_owned(),
+            _ => short_id(),
+        };
+        let mut inst = Instance::new(&id, spec.clone());
+        inst.metadata.labels = Some(labels.clone());
+        if let Some(d) = &idem {
+            inst.metadata.annotations =
+                Some([(ANNOTATION_IDEMPOTENCY.to_owned(), d.clone())].into());
+        }
         match api.create(&params, &inst).await {
             Ok(c) => {
                 created = Some(c);
                 break;
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                if keyed
+                    && let Some(d) = &idem
+                    && let Some(earlier) = earlier_attempt(&state, d).await?
+                {
+                    // A concurrent retry of the same request got there first.
+                    claim_ports(&state, &earlier).await?;
+                    return Ok(deployed(&earlier.name_any()));
+                }
+            }
             Err(e) => return Err(ApiError::kube("create the instance", e)),
         }
     }
     let created = created
         .ok_or_else(|| ApiError::internal("find a free instance id", &"every attempt collided"))?;
     let id = created.name_any();
-
-    // The host ports on the node, claimed atomically: of two racing deploys only
-    // one gets each port. On failure this Instance goes, and its claims with it.
-    let owner = owner_ref(&created);
-    let owner_uid = owner.uid.clone();
-    for (i, p) in spec.ports.iter().enumerate() {
-        let key = host_port_key(&spec.node, p.host_port);
-        let claimed = state
-            .store
-            .claims
-            .create(ClaimKind::HostPort, &key, &id, owner.clone(), |o| {
-                let api = api.clone();
-                async move {
-                    Ok(api
-                        .get_opt(&o.name)
-                        .await?
-                        .is_some_and(|x| x.metadata.uid.as_deref() == Some(o.uid.as_str())))
-                }
-            })
-            .await;
-        if let Err(e) = claimed {
-            for q in &spec.ports[..i] {
-                state
-                    .store
-                    .claims
-                    .release(
-                        ClaimKind::HostPort,
-                        &host_port_key(&spec.node, q.host_port),
-                        &owner_uid,
-                    )
-                    .await;
-            }
-            if let Err(err) = api.delete(&id, &DeleteParams::default()).await {
-                tracing::warn!(instance = %id, error = %err, "failed to roll back an instance");
-            }
-            return Err(match e {
-                ClaimError::Taken { .. } => ApiError::bad_request(format!(
-                    "Host port {} is already in use on node {}",
-                    p.host_port, spec.node
-                )),
-                ClaimError::Api(e) => ApiError::kube("claim the host ports", e),
-            });
-        }
+    if let Err(e) = claim_ports(&state, &created).await {
+        roll_back(&state, &created).await;
+        return Err(e);
+    }
+    if !node_survives(&state, &spec.node, node_uid.as_deref()).await? {
+        roll_back(&state, &created).await;
+        return Err(ApiError::bad_request(format!(
+            "Node not found: {}",
+            spec.node
+        )));
     }
     state.store.instances.upsert(created);
     tracing::info!(instance = %id, node = %spec.node, user = %spec.user_id, "instance deployed");
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({ "message": "Instance deployed", "Id": id, "volumeId": id, "state": "INSTALLING" }),
-        ),
-    ))
+    Ok(deployed(&id))
 }
 
 /// Deletes an instance; the controller and the garbage collector remove what it owns.

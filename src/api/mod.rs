@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod error;
 mod health;
+mod idempotency;
 mod images;
 mod instances;
 mod nodes;
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 
-pub use auth::API_KEY_HEADER;
+pub use auth::{API_KEY_HEADER, Caller};
 pub use error::ApiError;
 
 use crate::store::Store;
@@ -29,6 +30,50 @@ pub struct AppState {
     /// Caches and writers of everything the API touches.
     pub store: Store,
     ready: Arc<AtomicBool>,
+    failures: auth::FailureLimiter,
+    lists: ListCache,
+}
+
+/// Serialized list answers, kept while the caches they were made from are
+/// unchanged: at 10,000 instances, serializing the list costs far more than
+/// sending it, and most reads find nothing changed.
+#[derive(Clone, Default)]
+pub struct ListCache(Arc<std::sync::Mutex<std::collections::HashMap<&'static str, CachedList>>>);
+
+/// The cache versions an answer was built from, and the answer.
+type CachedList = (Vec<u64>, axum::body::Bytes);
+
+impl ListCache {
+    /// The answer named `name` for cache versions `versions`, built when missing or stale.
+    /// `versions` must be read before the data `build` reads, so a change during
+    /// the build leaves an entry that the next read finds stale.
+    pub fn get(
+        &self,
+        name: &'static str,
+        versions: Vec<u64>,
+        build: impl FnOnce() -> Vec<u8>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let hit = {
+            let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(name)
+                .filter(|(v, _)| *v == versions)
+                .map(|(_, b)| b.clone())
+        };
+        let body = hit.unwrap_or_else(|| {
+            let bytes = axum::body::Bytes::from(build());
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, (versions, bytes.clone()));
+            bytes
+        });
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
 }
 
 impl AppState {
@@ -37,7 +82,14 @@ impl AppState {
         Self {
             store,
             ready: Arc::new(AtomicBool::new(false)),
+            failures: auth::FailureLimiter::default(),
+            lists: ListCache::default(),
         }
+    }
+
+    /// Cached list answers.
+    pub fn lists(&self) -> &ListCache {
+        &self.lists
     }
 
     /// Marks the process ready (or not) to serve traffic.
@@ -59,9 +111,53 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .merge(nodes::router())
         .merge(images::router())
         .merge(openapi::router())
-        .route_layer(middleware::from_extractor_with_state::<auth::ApiKey, _>(
-            state.clone(),
-        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+/// Runs the API key check and hands the caller to the handlers.
+async fn authenticate(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::FromRequestParts;
+    use axum::response::IntoResponse;
+    // Answers from caches that have not listed everything yet would be wrong
+    // (a node "not found" that exists): until synced, ask clients to retry.
+    if !state.store.is_synced() {
+        return ApiError::unavailable("Berth is starting; try again in a moment").into_response();
+    }
+    let (mut parts, body) = req.into_parts();
+    match auth::Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Longest request processing allowed before the client gets a 503.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest header section accepted, in bytes.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Bounds every request: header size and processing time, with JSON errors.
+async fn limits(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::headers_too_large(MAX_HEADER_BYTES).into_response();
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::unavailable("Request timed out").into_response(),
+    }
 }
 
 /// Counts every answer by status class for `/metrics`.
@@ -88,6 +184,7 @@ pub fn router(state: AppState, with_api: bool) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Fields reads the body with its own limit; this also bounds anything else.
         .layer(DefaultBodyLimit::max(body::MAX_BODY))
+        .layer(middleware::from_fn(limits))
         .layer(middleware::from_fn(count_responses))
         .with_state(state)
 }

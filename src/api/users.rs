@@ -34,8 +34,12 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/api/users", tag = "users",
     responses((status = 200, description = "List of users", body = [super::openapi::UserDoc]),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
-pub async fn list(State(state): State<AppState>) -> Json<Vec<User>> {
-    Json(state.store.users.list())
+pub async fn list(State(state): State<AppState>) -> axum::response::Response {
+    state
+        .lists()
+        .get("users", state.store.users.versions(), || {
+            serde_json::to_vec(&state.store.users.list()).unwrap_or_default()
+        })
 }
 
 /// A user by email or username.

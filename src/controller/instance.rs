@@ -112,6 +112,7 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
 
     // Build and apply.
     let mut current = existing.clone();
+    let mut just_created = false;
     match (
         pod_action(&inst, existing.as_deref(), kube_node.as_deref()),
         existing.as_deref(),
@@ -177,13 +178,19 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
                     ctx.event(&inst, EventType::Normal, "PodCreated", &note)
                         .await;
                     current = Some(Arc::new(created));
+                    just_created = true;
                 }
                 Err(e @ BuildError::InstallPath(_)) => obs.invalid = Some(e.to_string()),
             }
         }
     }
 
-    // Status.
+    // Status. Right after creating the Pod there is nothing new to tell: the
+    // scheduler's answer (a node, or why not) comes as the Pod's next change, and
+    // the status is written then. One write less per deploy.
+    if just_created {
+        return Ok(Action::await_change());
+    }
     obs.pod = current.as_deref();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::derive(&inst, &obs, &now);

@@ -96,6 +96,18 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
+/// What of a Berth Node decides where its instances' Pods go.
+type Placement = (Option<i64>, Option<String>, Option<crate::crd::NodeState>);
+
+fn placement_of(node: &Node) -> Placement {
+    let status = node.status.as_ref();
+    (
+        node.metadata.generation,
+        status.and_then(|s| s.kubernetes_node.clone()),
+        status.and_then(|s| s.state),
+    )
+}
+
 /// A channel's receiving end as a stream.
 fn receive<T: Send + 'static>(
     rx: tokio::sync::mpsc::UnboundedReceiver<T>,
@@ -326,10 +338,23 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
     });
 
     let by_node = instances.clone();
+    let last_placement: Mutex<HashMap<String, Placement>> = Mutex::default();
     let instance_controller = Controller::for_shared_stream(inst_for_inst, instances.clone())
         .owns_shared_stream(pods_for_inst)
         .watches_shared_stream(nodes_for_inst, move |node: Arc<Node>| {
+            // Only what places a Pod concerns the instances: the spec and the matched
+            // Kubernetes node. Allocation counts change with every deploy, and waking
+            // every instance on the node for them would cost O(instances²).
             let id = node.name_any();
+            let placement = placement_of(&node);
+            let changed = last_placement
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), placement.clone())
+                != Some(placement);
+            if !changed {
+                return Vec::new();
+            }
             by_node
                 .state()
                 .iter()
@@ -357,7 +382,13 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
             Some(ObjectRef::<Node>::new(&inst.spec.node).within(&node_ns))
         })
         .reconcile_on(receive(node_rx))
-        .with_config(ControllerConfig::default().concurrency(4))
+        // Coalesce bursts: during a wave of deploys the allocation is written once a
+        // second per node, not once per deploy.
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(4)
+                .debounce(Duration::from_millis(300)),
+        )
         .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             |obj, ctx| counted("node", obj, ctx, node::reconcile),

@@ -214,6 +214,24 @@ fn security_context(settings: &PodSettings) -> SecurityContext {
     }
 }
 
+/// Requests equal to limits: the Pod gets exactly what it may use.
+fn guaranteed(amounts: BTreeMap<String, Quantity>) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(amounts.clone()),
+        limits: Some(amounts),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The data volume at DATA_DIR.
+fn data_mount() -> Vec<VolumeMount> {
+    vec![VolumeMount {
+        name: DATA_VOLUME.into(),
+        mount_path: DATA_DIR.into(),
+        ..VolumeMount::default()
+    }]
+}
+
 fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
     pairs
         .into_iter()
@@ -270,17 +288,9 @@ fn install_container(
         command: Some(vec!["sh".into()]),
         args: Some(args),
         env: Some(env([("DATA_DIR".to_owned(), DATA_DIR.to_owned())])),
-        resources: Some(ResourceRequirements {
-            requests: Some(limits.clone()),
-            limits: Some(limits),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(guaranteed(limits)),
         security_context: Some(security_context(settings)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(data_mount()),
         ..Container::default()
     }))
 }
@@ -356,17 +366,9 @@ pub fn build_pod(
         image: Some(inst.spec.image.clone()),
         env: Some(env(environment)),
         ports: Some(ports),
-        resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(guaranteed(resources)),
         security_context: Some(security_context(settings)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(data_mount()),
         working_dir: Some(DATA_DIR.into()),
         // A console to attach to, as game servers expect.
         stdin: Some(true),

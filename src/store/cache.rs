@@ -52,6 +52,16 @@ struct Inner<K> {
     relist: Option<Vec<K>>,
 }
 
+impl<K: Resource> Inner<K> {
+    /// Whether `obj` was deleted locally and its deletion is not confirmed yet.
+    fn is_deleted(&self, obj: &K) -> bool {
+        obj.meta()
+            .uid
+            .as_ref()
+            .is_some_and(|u| self.tombstones.contains(u))
+    }
+}
+
 impl<K> Default for Inner<K> {
     fn default() -> Self {
         Self {
@@ -173,12 +183,7 @@ where
     /// versions than the cached one are ignored.
     pub fn upsert(&self, obj: K) {
         self.mutate(|inner| {
-            if !obj
-                .meta()
-                .uid
-                .as_ref()
-                .is_some_and(|u| inner.tombstones.contains(u))
-            {
+            if !inner.is_deleted(&obj) {
                 self.insert(inner, obj);
             }
         });
@@ -235,12 +240,7 @@ where
     pub fn apply(&self, event: Event<K>) {
         let synced = self.mutate(|inner| match event {
             Event::Apply(obj) => {
-                if !obj
-                    .meta()
-                    .uid
-                    .as_ref()
-                    .is_some_and(|u| inner.tombstones.contains(u))
-                {
+                if !inner.is_deleted(&obj) {
                     self.insert(inner, obj);
                 }
                 false
@@ -283,12 +283,7 @@ where
                     ..Inner::default()
                 };
                 for obj in listed {
-                    if !obj
-                        .meta()
-                        .uid
-                        .as_ref()
-                        .is_some_and(|u| inner.tombstones.contains(u))
-                    {
+                    if !inner.is_deleted(&obj) {
                         self.insert(inner, obj);
                     }
                 }

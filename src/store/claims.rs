@@ -80,6 +80,11 @@ impl Claims {
         Self { api, cache }
     }
 
+    /// The version of the claims cache (changes with every claim).
+    pub fn version(&self) -> u64 {
+        self.cache.version()
+    }
+
     /// The holder of a claim, as far as the cache knows.
     pub fn holder(&self, kind: ClaimKind, key: &str) -> Option<String> {
         let cm = self.cache.get(&claim_name(kind, key))?;
@@ -112,6 +117,7 @@ impl Claims {
         Fut: Future<Output = Result<bool, kube::Error>>,
     {
         let name = claim_name(kind, key);
+        let claim_owner_uid = owner.uid.clone();
         let claim = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -150,6 +156,15 @@ impl Claims {
                 .as_ref()
                 .and_then(|o| o.first())
                 .cloned();
+            // Ours already (a retried request): nothing to do.
+            if current_holder == holder
+                && existing_owner
+                    .as_ref()
+                    .is_some_and(|o| o.uid == claim_owner_uid)
+            {
+                self.cache.upsert(existing);
+                return Ok(());
+            }
             let alive = match existing_owner {
                 Some(o) => owner_alive(o).await?,
                 None => false,

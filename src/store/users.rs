@@ -22,7 +22,6 @@ use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use super::cache::Cache;
 use super::claims::{ClaimError, ClaimKind, Claims};
@@ -118,14 +117,59 @@ fn user_of(secret: &Secret) -> Option<User> {
     })
 }
 
+type HashJob = (String, tokio::sync::oneshot::Sender<Result<String, String>>);
+
+/// A fixed set of threads that hash passwords. Each hash takes 19 MiB and a core
+/// for tens of milliseconds; on the runtime's blocking pool, every one of its many
+/// threads would keep its own 19 MiB arena (hundreds of MiB). Few threads, few arenas.
+#[derive(Clone)]
+struct HashPool {
+    jobs: std::sync::mpsc::Sender<HashJob>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((password, reply)) = job else { return };
+                        let salt = SaltString::generate(&mut OsRng);
+                        let hash = password_hasher()
+                            .hash_password(password.as_bytes(), &salt)
+                            .map(|h| h.to_string())
+                            .map_err(|e| e.to_string());
+                        let _ = reply.send(hash);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "failed to start a password hashing thread");
+            }
+        }
+        Self { jobs: tx }
+    }
+
+    async fn hash(&self, password: String) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send((password, tx))
+            .map_err(|_| "no hashing thread".to_owned())?;
+        rx.await.map_err(|_| "hashing thread gone".to_owned())?
+    }
+}
+
 /// Users in one namespace, read from caches.
 #[derive(Clone)]
 pub struct Users {
     api: Api<Secret>,
     cache: Cache<Secret>,
     claims: Claims,
-    /// Bounds concurrent hashing: each takes 19 MiB and a core for tens of ms.
-    hashing: Arc<Semaphore>,
+    hashing: HashPool,
 }
 
 impl Users {
@@ -136,7 +180,7 @@ impl Users {
             api,
             cache,
             claims,
-            hashing: Arc::new(Semaphore::new(cores)),
+            hashing: HashPool::new(cores),
         }
     }
 
@@ -160,6 +204,11 @@ impl Users {
             .iter()
             .filter_map(|s| self.complete(s))
             .collect()
+    }
+
+    /// Versions of the caches users are read from (see `api::ListCache`).
+    pub fn versions(&self) -> Vec<u64> {
+        vec![self.cache.version(), self.claims.version()]
     }
 
     /// Number of users.
@@ -234,20 +283,7 @@ impl Users {
     }
 
     async fn hash(&self, password: String) -> Result<String, UserError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| UserError::Hash(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            password_hasher()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| UserError::Hash(e.to_string()))
-        })
-        .await
-        .map_err(|e| UserError::Hash(e.to_string()))?
+        self.hashing.hash(password).await.map_err(UserError::Hash)
     }
 
     async fn create_secret(&self, new: &NewUser, hash: String) -> Result<Secret, UserError> {

@@ -120,14 +120,16 @@ async fn a_deployed_instance_runs_on_its_node_and_heals() {
         row.contains("Running") && row.contains(&format!("127.0.10.3:{port}")),
         "{table}"
     );
-    let a = srv.call("GET", "/api/nodes", None).await;
-    assert_eq!(
-        (
-            a.body[0]["status"].clone(),
-            a.body[0]["kubernetesNode"].clone()
-        ),
-        (json!("Online"), json!("kwok-node-3"))
-    );
+    eventually(
+        Duration::from_secs(10),
+        "node Online via the API",
+        || async {
+            let a = srv.call("GET", "/api/nodes", None).await;
+            a.body[0]["status"] == json!("Online")
+                && a.body[0]["kubernetesNode"] == json!("kwok-node-3")
+        },
+    )
+    .await;
 
     // A Pod deleted behind Berth's back comes back.
     let old_uid = pod.uid().expect("uid");
@@ -292,8 +294,14 @@ async fn node_status_follows_the_kubernetes_nodes_readiness() {
 
     fake.set_ready(&client, false).await;
     state(NodeState::Offline).await;
-    let a = srv.call("GET", "/api/nodes", None).await;
-    assert_eq!(a.body[0]["status"], json!("Offline"));
+    eventually(
+        Duration::from_secs(10),
+        "node Offline via the API",
+        || async {
+            srv.call("GET", "/api/nodes", None).await.body[0]["status"] == json!("Offline")
+        },
+    )
+    .await;
     fake.set_ready(&client, true).await;
     state(NodeState::Online).await;
 

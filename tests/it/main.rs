@@ -6,9 +6,12 @@ mod common;
 mod server;
 
 mod api;
+mod chaos;
 mod chart;
 mod control_plane;
 mod controller;
 mod crds;
 mod drift;
+mod fuzz;
+mod reliability;
 mod serve;

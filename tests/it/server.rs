@@ -87,10 +87,19 @@ pub async fn spawn_berth(ns: &str, args: &[&str]) -> Berth {
 
 /// Starts `berth serve` with the identity of another kubeconfig.
 pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth {
-    let port = free_port().await;
+    let given = args
+        .iter()
+        .position(|a| *a == "--listen")
+        .and_then(|i| args.get(i + 1))
+        .map(|a| a.to_string());
+    let listen = match given {
+        Some(l) => l,
+        None => format!("127.0.0.1:{}", free_port().await),
+    };
     let mut all = vec!["--log-format", "json", "serve", "-n", ns];
-    let listen = format!("127.0.0.1:{port}");
-    all.extend(["--listen", &listen]);
+    if !args.contains(&"--listen") {
+        all.extend(["--listen", &listen]);
+    }
     all.extend(args);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(&all)
@@ -118,7 +127,7 @@ pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth
             }
         });
     }
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{listen}");
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(30), "berth serve ready", || async {
         http.get(format!("{base}/readyz"))
@@ -253,5 +262,9 @@ impl TestServer {
             );
         }
         assert!(!logs.contains("panicked"), "the server panicked:\n{logs}");
+        // Passed: the namespace goes (a failed test leaves it for a look).
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .delete(&self.ns, &Default::default())
+            .await;
     }
 }

@@ -1,0 +1,811 @@
+//! `make bench`: Berth's speed against the raw API server floor, on the local
+//! control plane. Each comparison is a ratio taken in the same run (the machines
+//! are shared and noisy). Prints a table and writes target/bench/results.json.
+//!
+//! Phases: latency (sequential deploys vs direct Pods), memory and idle writes at
+//! 1,000 instances, throughput (deploys at concurrency 32 vs direct Pods, several
+//! runs), then 10,000 instances across 1,000 users for reads (wrk, another
+//! process), memory, and the restart time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth::controller::pod::{PodSettings, build_pod};
+use berth::crd::{Instance, InstanceSpec, InstanceState, PortMapping};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node as KubeNode, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const FAKE_NODES: usize = 10;
+const LATENCY_DEPLOYS: usize = 200;
+const THROUGHPUT_DEPLOYS: usize = 2000;
+const THROUGHPUT_RUNS: usize = 3;
+const CONCURRENCY: usize = 32;
+const USERS: usize = 1000;
+const TOTAL_INSTANCES: usize = 10_000;
+const IDLE_WINDOW: Duration = Duration::from_secs(60);
+
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// When each Pod was first seen and first seen Running, and each Instance Running.
+#[derive(Clone, Default)]
+struct Clock {
+    pod_seen: Seen,
+    pod_running: Seen,
+    instance_running: Seen,
+}
+
+fn mark(map: &Seen, name: String) {
+    map.lock()
+        .expect("lock")
+        .entry(name)
+        .or_insert_with(Instant::now);
+}
+
+fn count(map: &Seen) -> usize {
+    map.lock().expect("lock").len()
+}
+
+fn at(map: &Seen, name: &str) -> Option<Instant> {
+    map.lock().expect("lock").get(name).copied()
+}
+
+async fn watch_pods(client: Client, ns: String, clock: Clock) {
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let _ = watcher(api, watcher::Config::default())
+        .try_for_each(|ev| {
+            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+                mark(&clock.pod_seen, p.name_any());
+                if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                    mark(&clock.pod_running, p.name_any());
+                }
+            }
+            futures::future::ready(Ok(()))
+        })
+        .await;
+}
+
+async fn watch_instances(client: Client, ns: String, clock: Clock) {
+    let api: Api<Instance> = Api::namespaced(client, &ns);
+    let _ = watcher(api, watcher::Config::default())
+        .try_for_each(|ev| {
+            if let watcher::Event::Apply(i) | watcher::Event::InitApply(i) = ev
+                && i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running)
+            {
+                mark(&clock.instance_running, i.name_any());
+            }
+            futures::future::ready(Ok(()))
+        })
+        .await;
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "bench: timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `berth serve` under test, in release mode.
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    pid: u32,
+}
+
+async fn start_server(ns: &str, port: u16, log: &Path) -> (Server, Duration) {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/berth");
+    assert!(
+        bin.exists(),
+        "{} is missing: `make bench` builds it",
+        bin.display()
+    );
+    let started = Instant::now();
+    let child = tokio::process::Command::new(bin)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "-n",
+            ns,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::from(std::fs::File::create(log).expect("log file")))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start berth");
+    let pid = child.id().expect("pid");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    loop {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "berth not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (Server { child, base, pid }, started.elapsed())
+}
+
+/// Peak and current RSS of a process, in MiB.
+fn rss(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+async fn kube_writes(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| {
+            ["create", "update", "patch", "delete"]
+                .iter()
+                .any(|v| l.starts_with(&format!("berth_kube_requests_total{{verb=\"{v}\"}}")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Deploys through the REST API, handing out host ports per node.
+struct Deployer {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    nodes: Vec<String>,
+    next: Mutex<usize>,
+}
+
+impl Deployer {
+    fn slot(&self) -> (String, i32) {
+        let mut n = self.next.lock().expect("lock");
+        let i = *n;
+        *n += 1;
+        (
+            self.nodes[i % self.nodes.len()].clone(),
+            10_000 + (i / self.nodes.len()) as i32,
+        )
+    }
+
+    async fn deploy(&self, user: &str) -> (String, Instant) {
+        let (node, port) = self.slot();
+        let body = json!({ "image": "Python", "memory": 16, "cpu": 0.01, "ports": port.to_string(), "nodeId": node,
+                           "name": "bench", "user": user, "primary": port });
+        let start = Instant::now();
+        let resp = self
+            .http
+            .post(format!("{}/api/instances/deploy", self.base))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("deploy request");
+        let status = resp.status();
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(status, 201, "deploy failed: {v}");
+        (v["Id"].as_str().expect("Id").to_owned(), start)
+    }
+
+    async fn deploy_many(self: &Arc<Self>, n: usize, users: &[String]) -> Vec<String> {
+        let users = Arc::new(users.to_vec());
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let me = self.clone();
+                let users = users.clone();
+                async move { me.deploy(&users[i % users.len()]).await.0 }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await
+    }
+}
+
+/// The Pod Berth would make for an instance, created directly: the floor.
+fn floor_pod(ns: &str, name: &str, kube_node: &str, port: i32) -> Pod {
+    let inst: Instance = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Instance",
+        "metadata": { "name": name, "namespace": ns, "generation": 1 },
+        "spec": serde_json::to_value(InstanceSpec {
+            display_name: "floor".into(), user_id: "u".into(), image: "example.invalid/floor:1".into(), image_name: None,
+            node: "floor".into(), memory: 16, cpu: 0.01, disk: None,
+            ports: vec![PortMapping { container_port: port, host_port: port }], primary_port: port,
+            variables: Default::default(), suspended: false,
+        }).expect("spec")
+    }))
+    .expect("instance");
+    let mut pod = build_pod(&inst, kube_node, None, &PodSettings::default()).expect("pod");
+    pod.metadata.owner_references = None;
+    pod
+}
+
+async fn create_floor(
+    client: &Client,
+    ns: &str,
+    names: &[(String, String, i32)],
+    concurrency: usize,
+) -> HashMap<String, (Instant, Instant)> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(names.iter().cloned())
+        .map(|(name, node, port)| {
+            let api = api.clone();
+            let ns = ns.to_owned();
+            async move {
+                let start = Instant::now();
+                api.create(&PostParams::default(), &floor_pod(&ns, &name, &node, port))
+                    .await
+                    .expect("floor pod");
+                (name, (start, Instant::now()))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+struct Wrk {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+}
+
+fn parse_duration_ms(s: &str) -> f64 {
+    let s = s.trim();
+    for (unit, f) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] {
+        if let Some(n) = s.strip_suffix(unit) {
+            return n.parse::<f64>().map_or(f64::NAN, |n| n * f);
+        }
+    }
+    f64::NAN
+}
+
+async fn wrk(
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    dir: &Path,
+) -> Wrk {
+    let script = dir.join(format!(
+        "{}.lua",
+        path.trim_start_matches('/').replace('/', "_")
+    ));
+    let body_line = body
+        .map(|b| {
+            format!("wrk.body = [[{b}]]\nwrk.headers[\"content-type\"] = \"application/json\"\n")
+        })
+        .unwrap_or_default();
+    std::fs::write(
+        &script,
+        format!("wrk.method = \"{method}\"\nwrk.headers[\"x-api-key\"] = \"{key}\"\n{body_line}"),
+    )
+    .expect("lua");
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            "-t1",
+            "-c8",
+            "-d10s",
+            "--latency",
+            "-s",
+            script.to_str().expect("path"),
+            &format!("{base}{path}"),
+        ])
+        .output()
+        .await
+        .expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let non2xx = line("Non-2xx");
+    assert!(non2xx.is_empty(), "{path}: {non2xx}\n{text}");
+    Wrk {
+        p50_ms: parse_duration_ms(line("50%").trim_start_matches("50%")),
+        p99_ms: parse_duration_ms(line("99%").trim_start_matches("99%")),
+        rps: line("Requests/sec:")
+            .trim_start_matches("Requests/sec:")
+            .trim()
+            .parse()
+            .unwrap_or(f64::NAN),
+    }
+}
+
+async fn fake_nodes(client: &Client, run: &str) -> Vec<(String, String)> {
+    let api: Api<KubeNode> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for i in 0..FAKE_NODES {
+        let name = format!("kwok-bench-{run}-{i}");
+        let ip = format!("127.0.30.{}", i + 1);
+        let node: KubeNode = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name, "type": "kwok-bench" },
+                          "annotations": { "kwok.x-k8s.io/node": "fake", "berth.dev/test-node-ip": ip } }
+        }))
+        .expect("node");
+        api.create(&PostParams::default(), &node)
+            .await
+            .expect("create fake node");
+        out.push((name, ip));
+    }
+    for (name, _) in &out {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = api
+                .get(name)
+                .await
+                .ok()
+                .and_then(|n| n.status?.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "fake node {name} not Ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out_dir).expect("target/bench");
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: run `make bench`"
+    );
+    let client = Client::try_default().await.expect("client");
+    let run = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let ns = format!("bench-{run}");
+    let floor_ns = format!("bench-floor-{run}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for n in [&ns, &floor_ns] {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({ "metadata": { "name": n, "labels": { "berth.dev/bench": "true" } } }),
+                )
+                .expect("ns"),
+            )
+            .await
+            .expect("namespace");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the default ServiceAccounts
+    berth::crd::apply(&client, Duration::from_secs(30))
+        .await
+        .expect("crds");
+    let catalog: ConfigMap = {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/berth/catalog");
+        let mut data = serde_json::Map::new();
+        for e in std::fs::read_dir(dir).expect("catalog") {
+            let p = e.expect("entry").path();
+            data.insert(
+                p.file_name().expect("name").to_string_lossy().into_owned(),
+                Value::String(std::fs::read_to_string(&p).expect("read")),
+            );
+        }
+        serde_json::from_value(json!({ "metadata": { "name": "catalog", "labels": { "berth.dev/catalog": "true" } }, "data": data })).expect("cm")
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &catalog)
+        .await
+        .expect("catalog");
+    let (_, key) =
+        berth::store::apikeys::create(&Api::namespaced(client.clone(), &ns), Some("bench".into()))
+            .await
+            .expect("key");
+    let nodes = fake_nodes(&client, &run).await;
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .map_or(String::new(), |kb| format!(
+                "{} GiB",
+                kb.parse::<u64>().unwrap_or(0) / 1024 / 1024
+            ))
+    );
+    eprintln!(
+        "bench: namespace {ns}, {} fake nodes, {machine}",
+        nodes.len()
+    );
+
+    let clock = Clock::default();
+    tokio::spawn(watch_pods(client.clone(), ns.clone(), clock.clone()));
+    tokio::spawn(watch_instances(client.clone(), ns.clone(), clock.clone()));
+    let floor_clock = Clock::default();
+    tokio::spawn(watch_pods(
+        client.clone(),
+        floor_ns.clone(),
+        floor_clock.clone(),
+    ));
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let (mut server, _) = start_server(&ns, port, &out_dir.join("berth.log")).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("http");
+    let (rss_peak_0, _) = rss(server.pid);
+
+    // Users and Berth Nodes.
+    let users: Vec<String> = futures::stream::iter(0..USERS)
+        .map(|i| {
+            let http = http.clone();
+            let (base, key) = (server.base.clone(), key.clone());
+            async move {
+                let id = format!("user-{i}");
+                let r = http.post(format!("{base}/api/users/create")).header("x-api-key", key)
+                    .json(&json!({ "username": id, "email": format!("{id}@bench.invalid"), "password": "bench-password", "userId": id }))
+                    .send().await.expect("user");
+                assert_eq!(r.status(), 201);
+                id
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut berth_nodes = Vec::new();
+    for (_, ip) in &nodes {
+        let r: Value = http
+            .post(format!("{}/api/nodes/create", server.base))
+            .header("x-api-key", &key)
+            .json(&json!({ "name": ip, "address": ip }))
+            .send()
+            .await
+            .expect("node")
+            .json()
+            .await
+            .expect("json");
+        berth_nodes.push(r["id"].as_str().expect("id").to_owned());
+    }
+    let deployer = Arc::new(Deployer {
+        http: http.clone(),
+        base: server.base.clone(),
+        key: key.clone(),
+        nodes: berth_nodes,
+        next: Mutex::new(0),
+    });
+    eprintln!("bench: {USERS} users, {} nodes ready", nodes.len());
+
+    // 1. Latency: sequential deploys vs direct Pods.
+    let mut to_pod = Vec::new();
+    let mut to_running = Vec::new();
+    for _ in 0..LATENCY_DEPLOYS {
+        let (id, start) = deployer.deploy(&users[0]).await;
+        wait_until("instance Running", Duration::from_secs(30), || {
+            at(&clock.instance_running, &id).is_some()
+        })
+        .await;
+        to_pod.push(ms(at(&clock.pod_seen, &id).expect("pod seen") - start));
+        to_running.push(ms(
+            at(&clock.instance_running, &id).expect("running") - start
+        ));
+    }
+    let mut floor_to_pod = Vec::new();
+    let mut floor_to_running = Vec::new();
+    for i in 0..LATENCY_DEPLOYS {
+        let name = format!("lat-{i}");
+        let (node, _) = &nodes[i % nodes.len()];
+        let started = create_floor(
+            &client,
+            &floor_ns,
+            &[(
+                name.clone(),
+                node.clone(),
+                40_000 + (i / nodes.len()) as i32,
+            )],
+            1,
+        )
+        .await;
+        let (start, created) = started[&name];
+        wait_until("floor Running", Duration::from_secs(30), || {
+            at(&floor_clock.pod_running, &name).is_some()
+        })
+        .await;
+        floor_to_pod.push(ms(created - start));
+        floor_to_running.push(ms(
+            at(&floor_clock.pod_running, &name).expect("running") - start
+        ));
+    }
+    for v in [
+        &mut to_pod,
+        &mut to_running,
+        &mut floor_to_pod,
+        &mut floor_to_running,
+    ] {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!("bench: latency done");
+
+    // 4/5. Memory and idle writes at 1,000 instances.
+    let have = LATENCY_DEPLOYS;
+    deployer.deploy_many(1000 - have, &users).await;
+    wait_until("1,000 Running", Duration::from_secs(300), || {
+        count(&clock.instance_running) >= 1000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // events and node status settle
+    let (rss_peak_1k, _) = rss(server.pid);
+    let writes_before = kube_writes(&server.base).await;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_writes = kube_writes(&server.base).await - writes_before;
+    eprintln!("bench: idle window done ({idle_writes} writes)");
+
+    // 2. Throughput: deploys at concurrency 32 vs direct Pods, several runs.
+    let mut berth_rates = Vec::new();
+    let mut floor_rates = Vec::new();
+    for r in 0..THROUGHPUT_RUNS {
+        let before = count(&clock.instance_running);
+        let start = Instant::now();
+        deployer.deploy_many(THROUGHPUT_DEPLOYS, &users).await;
+        wait_until("throughput run Running", Duration::from_secs(600), || {
+            count(&clock.instance_running) >= before + THROUGHPUT_DEPLOYS
+        })
+        .await;
+        berth_rates.push(THROUGHPUT_DEPLOYS as f64 / start.elapsed().as_secs_f64());
+
+        let names: Vec<(String, String, i32)> = (0..THROUGHPUT_DEPLOYS)
+            .map(|i| {
+                (
+                    format!("tp{r}-{i}"),
+                    nodes[i % nodes.len()].0.clone(),
+                    41_000 + (r * THROUGHPUT_DEPLOYS + i) as i32 / nodes.len() as i32,
+                )
+            })
+            .collect();
+        let before = count(&floor_clock.pod_running);
+        let start = Instant::now();
+        create_floor(&client, &floor_ns, &names, CONCURRENCY).await;
+        wait_until("floor run Running", Duration::from_secs(600), || {
+            count(&floor_clock.pod_running) >= before + THROUGHPUT_DEPLOYS
+        })
+        .await;
+        floor_rates.push(THROUGHPUT_DEPLOYS as f64 / start.elapsed().as_secs_f64());
+        eprintln!(
+            "bench: throughput run {r}: berth {:.0}/s, floor {:.0}/s",
+            berth_rates[r], floor_rates[r]
+        );
+    }
+
+    // 3/4. 10,000 instances: memory, reads, restart.
+    let now = count(&clock.instance_running);
+    deployer
+        .deploy_many(TOTAL_INSTANCES.saturating_sub(now), &users)
+        .await;
+    wait_until("10,000 Running", Duration::from_secs(900), || {
+        count(&clock.instance_running) >= TOTAL_INSTANCES
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_peak_10k, rss_now_10k) = rss(server.pid);
+    eprintln!("bench: 10,000 instances running");
+    let sample_user = users[1].clone();
+    let sample_instance = {
+        let r: Value = http
+            .post(format!("{}/api/getUserInstance", server.base))
+            .header("x-api-key", &key)
+            .json(&json!({ "userId": sample_user }))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        r[0]["Id"].as_str().expect("an instance").to_owned()
+    };
+    let reads = [
+        (
+            "GET /api/instances",
+            wrk(&server.base, &key, "GET", "/api/instances", None, &out_dir).await,
+        ),
+        (
+            "POST /api/getUserInstance",
+            wrk(
+                &server.base,
+                &key,
+                "POST",
+                "/api/getUserInstance",
+                Some(json!({ "userId": sample_user })),
+                &out_dir,
+            )
+            .await,
+        ),
+        (
+            "POST /api/getInstance",
+            wrk(
+                &server.base,
+                &key,
+                "POST",
+                "/api/getInstance",
+                Some(json!({ "id": sample_instance })),
+                &out_dir,
+            )
+            .await,
+        ),
+        (
+            "GET /api/users",
+            wrk(&server.base, &key, "GET", "/api/users", None, &out_dir).await,
+        ),
+    ];
+
+    // 6. Restart to /readyz with 10,000 instances.
+    let mut restarts = Vec::new();
+    for _ in 0..3 {
+        let _ = server.child.start_kill();
+        let _ = server.child.wait().await;
+        let (s, took) = start_server(&ns, port, &out_dir.join("berth-restart.log")).await;
+        server = s;
+        restarts.push(ms(took));
+    }
+
+    let latency = json!({
+        "deploys": LATENCY_DEPLOYS,
+        "to_pod_ms": { "p50": percentile(&to_pod, 0.5), "p99": percentile(&to_pod, 0.99) },
+        "to_running_ms": { "p50": percentile(&to_running, 0.5), "p99": percentile(&to_running, 0.99) },
+        "floor_to_pod_ms": { "p50": percentile(&floor_to_pod, 0.5), "p99": percentile(&floor_to_pod, 0.99) },
+        "floor_to_running_ms": { "p50": percentile(&floor_to_running, 0.5), "p99": percentile(&floor_to_running, 0.99) },
+        "ratio_to_running_p50": percentile(&to_running, 0.5) / percentile(&floor_to_running, 0.5),
+    });
+    let throughput = json!({
+        "deploys": THROUGHPUT_DEPLOYS, "concurrency": CONCURRENCY, "runs": THROUGHPUT_RUNS,
+        "berth_per_s": berth_rates, "floor_per_s": floor_rates,
+        "median_berth_per_s": median(berth_rates.clone()), "median_floor_per_s": median(floor_rates.clone()),
+        "ratio": median(berth_rates.clone()) / median(floor_rates.clone()),
+    });
+    let reads_json: Vec<Value> = reads
+        .iter()
+        .map(
+            |(n, w)| json!({ "endpoint": n, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms, "rps": w.rps }),
+        )
+        .collect();
+    let results = json!({
+        "machine": machine,
+        "latency": latency,
+        "throughput": throughput,
+        "reads_at_10000": reads_json,
+        "memory_mib": { "peak_at_0": rss_peak_0, "peak_at_1000": rss_peak_1k, "peak_at_10000": rss_peak_10k, "rss_at_10000": rss_now_10k },
+        "idle_writes_60s_at_1000": idle_writes,
+        "restart_to_ready_ms": { "runs": restarts, "median": median(restarts.clone()) },
+    });
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&results).expect("json"),
+    )
+    .expect("write results");
+
+    println!("\nBerth benchmarks ({machine}; medians; ratios within this run)\n");
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "figure", "berth", "floor", "ratio"
+    );
+    let row =
+        |name: &str, b: f64, f: f64| println!("{name:<44} {b:>12.1} {f:>12.1} {:>8.2}", b / f);
+    row(
+        "deploy → Pod exists, p50 (ms)",
+        percentile(&to_pod, 0.5),
+        percentile(&floor_to_pod, 0.5),
+    );
+    row(
+        "deploy → Pod exists, p99 (ms)",
+        percentile(&to_pod, 0.99),
+        percentile(&floor_to_pod, 0.99),
+    );
+    row(
+        "deploy → Running, p50 (ms)",
+        percentile(&to_running, 0.5),
+        percentile(&floor_to_running, 0.5),
+    );
+    row(
+        "deploy → Running, p99 (ms)",
+        percentile(&to_running, 0.99),
+        percentile(&floor_to_running, 0.99),
+    );
+    row(
+        "throughput, 2,000 at c=32 (instances/s)",
+        median(berth_rates.clone()),
+        median(floor_rates.clone()),
+    );
+    println!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "reads at 10,000 instances", "p50 ms", "p99 ms", "req/s"
+    );
+    for (n, w) in &reads {
+        println!(
+            "{n:<44} {:>10.2} {:>10.2} {:>10.0}",
+            w.p50_ms, w.p99_ms, w.rps
+        );
+    }
+    println!();
+    println!(
+        "{:<44} {:>10.1}",
+        "peak RSS at 0 instances (MiB)", rss_peak_0
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "peak RSS at 1,000 instances (MiB)", rss_peak_1k
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "peak RSS at 10,000 instances (MiB)", rss_peak_10k
+    );
+    println!(
+        "{:<44} {:>10}",
+        "API writes in 60 s idle at 1,000", idle_writes
+    );
+    println!(
+        "{:<44} {:>10.0}",
+        "restart to /readyz at 10,000 (ms)",
+        median(restarts)
+    );
+    println!("\nwritten to target/bench/results.json");
+
+    let _ = server.child.start_kill();
+    for n in [&ns, &floor_ns] {
+        let _ = namespaces.delete(n, &DeleteParams::background()).await;
+    }
+    let kube_nodes: Api<KubeNode> = Api::all(client.clone());
+    for (name, _) in &nodes {
+        let _ = kube_nodes.delete(name, &DeleteParams::default()).await;
+    }
+}
