@@ -10,7 +10,11 @@ if ! "$CLUSTER_SRC/status.sh" >/dev/null 2>&1; then
   "$CLUSTER_SRC/up.sh" >/dev/null
   started=1
 fi
-cleanup() { [ $started -eq 1 ] && "$CLUSTER_SRC/down.sh"; }
+cleanup() {
+  local rc=$?
+  if [ $started -eq 1 ]; then "$CLUSTER_SRC/down.sh" || true; fi
+  exit $rc
+}
 trap cleanup EXIT
 export KUBECONFIG=$KUBECONFIG_PATH BERTH_CLUSTER_BIN=$BIN
 "$@"
