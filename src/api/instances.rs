@@ -677,16 +677,22 @@ pub async fn deploy(
     let created = created
         .ok_or_else(|| ApiError::internal("find a free instance id", &"every attempt collided"))?;
     let id = created.name_any();
-    if let Err(e) = claim_ports(&state, &created).await {
-        roll_back(&state, &created).await;
-        return Err(e);
-    }
-    if !node_survives(&state, &spec.node, node_uid.as_deref()).await? {
-        roll_back(&state, &created).await;
-        return Err(ApiError::bad_request(format!(
+    // Both only need the Instance to exist; neither waits for the other.
+    let (claimed, survives) = tokio::join!(
+        claim_ports(&state, &created),
+        node_survives(&state, &spec.node, node_uid.as_deref())
+    );
+    let outcome = claimed.and_then(|()| match survives {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::bad_request(format!(
             "Node not found: {}",
             spec.node
-        )));
+        ))),
+        Err(e) => Err(e),
+    });
+    if let Err(e) = outcome {
+        roll_back(&state, &created).await;
+        return Err(e);
     }
     state.store.instances.upsert(created);
     tracing::info!(instance = %id, node = %spec.node, user = %spec.user_id, "instance deployed");

@@ -19,6 +19,9 @@ use super::{Context, Error, node};
 use crate::crd::{Instance, InstanceState, InstanceStatus};
 use crate::names::FIELD_MANAGER;
 
+/// How often an Instance is looked at even when nothing announced a change.
+pub const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What to do with the Pod that exists (or not).
 #[derive(Debug, PartialEq, Eq)]
 pub enum PodAction {
@@ -112,7 +115,6 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
 
     // Build and apply.
     let mut current = existing.clone();
-    let mut just_created = false;
     match (
         pod_action(&inst, existing.as_deref(), kube_node.as_deref()),
         existing.as_deref(),
@@ -178,19 +180,13 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
                     ctx.event(&inst, EventType::Normal, "PodCreated", &note)
                         .await;
                     current = Some(Arc::new(created));
-                    just_created = true;
                 }
                 Err(e @ BuildError::InstallPath(_)) => obs.invalid = Some(e.to_string()),
             }
         }
     }
 
-    // Status. Right after creating the Pod there is nothing new to tell: the
-    // scheduler's answer (a node, or why not) comes as the Pod's next change, and
-    // the status is written then. One write less per deploy.
-    if just_created {
-        return Ok(Action::await_change());
-    }
+    // Status.
     obs.pod = current.as_deref();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::derive(&inst, &obs, &now);
@@ -207,7 +203,9 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
         .map_err(Error::PatchInstanceStatus)?;
         announce(&ctx, &inst, inst.status.as_ref(), &status).await;
     }
-    Ok(Action::await_change())
+    // Changes wake the controller; the periodic look is a safety net only (it
+    // reads caches and writes nothing when nothing changed).
+    Ok(Action::requeue(RESYNC))
 }
 
 /// Events for state changes, with the reason of the condition that explains them.
@@ -266,7 +264,9 @@ async fn announce(
 }
 
 impl Context {
-    /// Publishes an Event on the Instance; failures are logged, never fatal.
+    /// Publishes an Event on the Instance in the background: an Event is a record,
+    /// not a step of the reconcile, so the status write does not wait for it.
+    /// Failures are logged, never fatal.
     pub async fn event(&self, inst: &Instance, type_: EventType, reason: &str, note: &str) {
         let event = Event {
             type_,
@@ -275,9 +275,13 @@ impl Context {
             action: reason.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &inst.object_ref(&())).await {
-            tracing::debug!(error = %e, "failed to publish event");
-        }
+        let recorder = self.recorder.clone();
+        let reference = inst.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, "failed to publish event");
+            }
+        });
     }
 }
 
