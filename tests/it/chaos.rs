@@ -47,18 +47,8 @@ async fn up() {
 #[ignore = "restarts the shared control plane; run alone with `make chaos`"]
 async fn berth_recovers_when_the_api_server_and_etcd_restart() {
     let srv = TestServer::start("chaos-apiserver").await;
-    let a = srv
-        .call("POST", "/api/users/create", Some(json!({ "username": "u1", "email": "u1@example.com", "password": "correct horse", "userId": "u1" })))
-        .await;
-    assert_eq!(a.status, 201);
-    let a = srv
-        .call(
-            "POST",
-            "/api/nodes/create",
-            Some(json!({ "name": "N", "address": "127.0.10.2" })),
-        )
-        .await;
-    let node = a.body["id"].as_str().expect("id").to_owned();
+    srv.user("u1").await;
+    let node = srv.node("127.0.10.2").await;
     let deploy = |port: i32| {
         let body = json!({ "image": "Python", "memory": 64, "cpu": 0.05, "ports": port.to_string(),
                            "nodeId": node, "name": "app", "user": "u1", "primary": port });

@@ -14,29 +14,6 @@ use serde_json::{Value, json};
 use crate::common::{self, FakeNode, eventually};
 use crate::server::{self, TestServer};
 
-async fn user(srv: &TestServer, id: &str) {
-    let a = srv
-        .call(
-            "POST",
-            "/api/users/create",
-            Some(json!({ "username": id, "email": format!("{id}@example.com"), "password": "correct horse", "userId": id })),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{a:?}");
-}
-
-async fn node(srv: &TestServer, address: &str) -> String {
-    let a = srv
-        .call(
-            "POST",
-            "/api/nodes/create",
-            Some(json!({ "name": "N", "address": address })),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{a:?}");
-    a.body["id"].as_str().expect("id").to_owned()
-}
-
 async fn deploy(srv: &TestServer, node: &str, user: &str, port: i32) -> String {
     let body = json!({ "image": "Node.js", "memory": 64, "cpu": 0.05, "ports": port.to_string(),
                        "nodeId": node, "name": "app", "user": user, "primary": port });
@@ -77,8 +54,8 @@ fn condition<'a>(
 async fn a_deployed_instance_runs_on_its_node_and_heals() {
     let srv = TestServer::start("ctl-lifecycle").await;
     let (client, ns) = (srv.client.clone(), srv.ns.clone());
-    user(&srv, "u1").await;
-    let node_id = node(&srv, "127.0.10.3").await;
+    srv.user("u1").await;
+    let node_id = srv.node("127.0.10.3").await;
     let port = common::random_port();
     let id = deploy(&srv, &node_id, "u1", port).await;
 
@@ -211,8 +188,8 @@ async fn a_host_port_conflict_shows_the_schedulers_reason() {
     let srv = TestServer::start("ctl-conflict").await;
     let (client, ns) = (srv.client.clone(), srv.ns.clone());
     let fake = FakeNode::create(&client).await;
-    user(&srv, "u1").await;
-    let node_id = node(&srv, &fake.ip).await;
+    srv.user("u1").await;
+    let node_id = srv.node(&fake.ip).await;
     // Written directly, bypassing the REST API's check and claims.
     let api: Api<Instance> = Api::namespaced(client.clone(), &ns);
     for name in ["first", "second"] {
@@ -267,7 +244,7 @@ async fn node_status_follows_the_kubernetes_nodes_readiness() {
     let srv = TestServer::start("ctl-node").await;
     let (client, ns) = (srv.client.clone(), srv.ns.clone());
     let fake = FakeNode::create(&client).await;
-    let node_id = node(&srv, &fake.ip).await;
+    let node_id = srv.node(&fake.ip).await;
     let nodes: Api<Node> = Api::namespaced(client.clone(), &ns);
     let state = |want: NodeState| {
         let nodes = nodes.clone();
@@ -306,7 +283,7 @@ async fn node_status_follows_the_kubernetes_nodes_readiness() {
     state(NodeState::Online).await;
 
     // A node whose address matches nothing is Unknown, and says why.
-    let lost = node(&srv, "192.0.2.123").await;
+    let lost = srv.node("192.0.2.123").await;
     let nodes2 = nodes.clone();
     eventually(
         Duration::from_secs(30),
@@ -333,8 +310,8 @@ async fn a_steady_state_makes_no_writes() {
     let srv = TestServer::start("ctl-steady").await;
     let (client, ns) = (srv.client.clone(), srv.ns.clone());
     let fake = FakeNode::create(&client).await;
-    user(&srv, "u1").await;
-    let node_id = node(&srv, &fake.ip).await;
+    srv.user("u1").await;
+    let node_id = srv.node(&fake.ip).await;
     let ids =
         futures::future::join_all((0..200).map(|i| deploy(&srv, &node_id, "u1", 20000 + i))).await;
     assert_eq!(ids.len(), 200);
@@ -417,8 +394,8 @@ async fn a_steady_state_makes_no_writes() {
 async fn only_the_lease_holder_reconciles_and_a_successor_takes_over() {
     let srv = TestServer::start_with("ctl-leader", &["--api-only"]).await;
     let (client, ns) = (srv.client.clone(), srv.ns.clone());
-    user(&srv, "u1").await;
-    let node_id = node(&srv, "127.0.10.1").await;
+    srv.user("u1").await;
+    let node_id = srv.node("127.0.10.1").await;
     let args = ["--controller-only", "--lease-duration", "3"];
     let server::Berth {
         child: mut first,

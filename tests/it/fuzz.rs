@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use serde_json::json;
-
 use crate::server::TestServer;
 
 /// Cases per operation: 15 operations × 70 ≥ 1,000 cases in all (`make fuzz`
@@ -27,18 +25,8 @@ fn schemathesis() -> PathBuf {
 async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
     let srv = TestServer::start("fuzz").await;
     // Some data for the generated requests to meet.
-    let a = srv
-        .call("POST", "/api/users/create", Some(json!({ "username": "fuzz", "email": "fuzz@example.com", "password": "correct horse", "userId": "fuzz" })))
-        .await;
-    assert_eq!(a.status, 201);
-    let a = srv
-        .call(
-            "POST",
-            "/api/nodes/create",
-            Some(json!({ "name": "N", "address": "127.0.10.1" })),
-        )
-        .await;
-    assert_eq!(a.status, 201);
+    srv.user("fuzz").await;
+    srv.node("127.0.10.1").await;
 
     let report = std::env::temp_dir().join(format!("berth-fuzz-{}.ndjson", srv.ns));
     let out = tokio::process::Command::new(schemathesis())

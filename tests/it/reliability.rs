@@ -44,19 +44,8 @@ async fn footprint(srv: &TestServer) -> (usize, usize, usize, usize) {
 }
 
 async fn setup(srv: &TestServer) -> String {
-    let a = srv
-        .call("POST", "/api/users/create", Some(json!({ "username": "u1", "email": "u1@example.com", "password": "correct horse", "userId": "u1" })))
-        .await;
-    assert_eq!(a.status, 201);
-    let a = srv
-        .call(
-            "POST",
-            "/api/nodes/create",
-            Some(json!({ "name": "N", "address": "127.0.10.1" })),
-        )
-        .await;
-    assert_eq!(a.status, 201);
-    a.body["id"].as_str().expect("id").to_owned()
+    srv.user("u1").await;
+    srv.node("127.0.10.1").await
 }
 
 fn deploy_body(node: &str, port: i32) -> Value {
@@ -361,19 +350,8 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
     let srv = TestServer::start_with("rel-crash", &["--api-only"]).await;
     // 500 Pods with fixed host ports: on a node of the test's own.
     let fake = common::FakeNode::create(&srv.client).await;
-    let a = srv
-        .call("POST", "/api/users/create", Some(json!({ "username": "u1", "email": "u1@example.com", "password": "correct horse", "userId": "u1" })))
-        .await;
-    assert_eq!(a.status, 201);
-    let a = srv
-        .call(
-            "POST",
-            "/api/nodes/create",
-            Some(json!({ "name": "N", "address": fake.ip })),
-        )
-        .await;
-    assert_eq!(a.status, 201);
-    let node = a.body["id"].as_str().expect("id").to_owned();
+    srv.user("u1").await;
+    let node = srv.node(&fake.ip).await;
     // The controllers in a process of their own, so the crash hits the API mid-flight.
     let controllers =
         server::spawn_berth(&srv.ns, &["--controller-only", "--lease-duration", "3"]).await;

@@ -203,6 +203,26 @@ impl TestServer {
         }
     }
 
+    /// Creates user `id` (username `id`, email `id@example.com`) through the API.
+    pub async fn user(&self, id: &str) {
+        let body = json!({ "username": id, "email": format!("{id}@example.com"), "password": "correct horse", "userId": id });
+        let a = self.call("POST", "/api/users/create", Some(body)).await;
+        assert_eq!(a.status, 201, "create user {id}: {a:?}");
+    }
+
+    /// Registers a Berth Node at `address` through the API and returns its id.
+    pub async fn node(&self, address: &str) -> String {
+        let a = self
+            .call(
+                "POST",
+                "/api/nodes/create",
+                Some(json!({ "name": "N", "address": address })),
+            )
+            .await;
+        assert_eq!(a.status, 201, "create node at {address}: {a:?}");
+        a.body["id"].as_str().expect("node id").to_owned()
+    }
+
     /// Sends a request with the API key; `body` as JSON when given.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
         let mut req = self
