@@ -190,7 +190,7 @@ pub fn internal_state(state: Option<InstanceState>) -> &'static str {
 // Views
 
 /// The node of an instance, as clients see it inside the instance (no credentials).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct InstanceNode {
     id: String,
     name: Option<String>,
@@ -199,23 +199,34 @@ pub struct InstanceNode {
     tags: Option<String>,
 }
 
-/// An instance as clients see it (Skyport's field names).
-#[derive(Clone, Debug, Serialize)]
+/// An instance as clients see it (Skyport's field names). Its schema is what
+/// `/api/openapi.json` documents.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[allow(non_snake_case)]
 pub struct InstanceView {
     Id: String,
     Name: String,
+    /// The owner's userId.
     User: String,
     Node: InstanceNode,
     Image: String,
     ImageName: Option<String>,
+    /// MiB.
     Memory: i64,
+    /// Cores.
     Cpu: f64,
+    /// MiB.
     Disk: Option<i64>,
+    /// `container:host` pairs.
     Ports: String,
     Primary: i32,
+    /// `INSTALLING`, `READY` or `FAILED`.
+    #[schema(value_type = String)]
     InternalState: &'static str,
+    /// Berth's state: Pending, Installing, Running, Failed, Suspended.
+    #[schema(value_type = String)]
     State: &'static str,
+    /// Where players connect: node address and primary port.
     Address: Option<String>,
     suspended: bool,
     Env: Vec<String>,
@@ -286,7 +297,7 @@ pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
 
 /// Every instance.
 #[utoipa::path(get, path = "/api/instances", tag = "instances",
-    responses((status = 200, description = "List of instances", body = [super::openapi::InstanceDoc]),
+    responses((status = 200, description = "List of instances", body = [InstanceView]),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn list(State(state): State<AppState>) -> axum::response::Response {
     let versions = vec![state.store.instances.version(), state.store.nodes.version()];
@@ -305,7 +316,7 @@ pub async fn list(State(state): State<AppState>) -> axum::response::Response {
 /// One instance.
 #[utoipa::path(post, path = "/api/getInstance", tag = "instances",
     request_body(content = super::openapi::InstanceIdDoc, content_type = "application/json"),
-    responses((status = 200, description = "Instance details", body = super::openapi::InstanceDoc),
+    responses((status = 200, description = "Instance details", body = InstanceView),
               (status = 400, description = "Missing instance ID or instance not found", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn get_instance(
@@ -324,7 +335,7 @@ pub async fn get_instance(
 /// The instances of one user.
 #[utoipa::path(post, path = "/api/getUserInstance", tag = "instances",
     request_body(content = super::openapi::UserIdDoc, content_type = "application/json"),
-    responses((status = 200, description = "List of user instances", body = [super::openapi::InstanceDoc]),
+    responses((status = 200, description = "List of user instances", body = [InstanceView]),
               (status = 400, description = "Missing user ID or user not found", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn user_instances(

@@ -29,8 +29,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/nodes/delete", delete(remove))
 }
 
-/// A node as clients see it (Skyport's field names; no credentials).
-#[derive(Clone, Debug, Serialize)]
+/// A node as clients see it (Skyport's field names; no credentials). Its schema
+/// is what `/api/openapi.json` documents.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     /// The node's id.
@@ -50,10 +51,12 @@ pub struct NodeView {
     /// Daemon port.
     pub port: Option<i32>,
     /// Online, Offline or Unknown.
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// The Kubernetes node it stands for, once matched.
     pub kubernetes_node: Option<String>,
     /// Number of instances on it.
+    #[schema(value_type = u32)]
     pub instances: usize,
 }
 
@@ -87,7 +90,7 @@ pub fn view(state: &AppState, node: &Node) -> NodeView {
 
 /// Every node with its status.
 #[utoipa::path(get, path = "/api/nodes", tag = "nodes",
-    responses((status = 200, description = "List of nodes", body = [super::openapi::NodeDoc]),
+    responses((status = 200, description = "List of nodes", body = [NodeView]),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<NodeView>> {
     Json(
@@ -201,7 +204,7 @@ fn node_spec(fields: &Fields) -> ApiResult<NodeSpec> {
 /// Registers a node.
 #[utoipa::path(post, path = "/api/nodes/create", tag = "nodes",
     request_body(content = super::openapi::CreateNodeDoc, content_type = "application/json"),
-    responses((status = 201, description = "Node created", body = super::openapi::NodeDoc),
+    responses((status = 201, description = "Node created", body = NodeView),
               (status = 400, description = "Missing or invalid parameters", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn create(

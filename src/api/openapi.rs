@@ -86,16 +86,6 @@ pub struct MessageDoc {
     message: String,
 }
 
-/// A user (never any password material).
-#[derive(ToSchema)]
-pub struct UserDoc {
-    #[schema(rename = "userId")]
-    user_id: String,
-    username: String,
-    email: String,
-    admin: bool,
-}
-
 /// `POST /api/getUser` body.
 #[derive(ToSchema)]
 pub struct GetUserDoc {
@@ -121,26 +111,6 @@ pub struct CreateUserDoc {
     admin: Option<bool>,
 }
 
-/// A node.
-#[derive(ToSchema)]
-pub struct NodeDoc {
-    id: String,
-    name: String,
-    tags: Option<String>,
-    /// Memory in MiB.
-    ram: Option<i64>,
-    /// Disk in MiB.
-    disk: Option<i64>,
-    processor: Option<String>,
-    address: String,
-    port: Option<i32>,
-    /// `Online`, `Offline` or `Unknown`.
-    status: String,
-    #[schema(rename = "kubernetesNode")]
-    kubernetes_node: Option<String>,
-    instances: u32,
-}
-
 /// `POST /api/nodes/create` body.
 #[derive(ToSchema)]
 pub struct CreateNodeDoc {
@@ -164,49 +134,6 @@ pub struct CreateNodeDoc {
 pub struct DeleteNodeDoc {
     #[schema(rename = "nodeId")]
     node_id: String,
-}
-
-/// The node inside an instance.
-#[derive(ToSchema)]
-pub struct InstanceNodeDoc {
-    id: String,
-    name: Option<String>,
-    address: Option<String>,
-    port: Option<i32>,
-    tags: Option<String>,
-}
-
-/// An instance (Skyport's field names).
-#[derive(ToSchema)]
-#[allow(non_snake_case)]
-pub struct InstanceDoc {
-    Id: String,
-    Name: String,
-    /// The owner's userId.
-    User: String,
-    Node: InstanceNodeDoc,
-    Image: String,
-    ImageName: Option<String>,
-    /// MiB.
-    Memory: i64,
-    /// Cores.
-    Cpu: f64,
-    /// MiB.
-    Disk: Option<i64>,
-    /// `container:host` pairs.
-    Ports: String,
-    Primary: i32,
-    /// `INSTALLING`, `READY` or `FAILED`.
-    InternalState: String,
-    /// Berth's state: Pending, Installing, Running, Failed, Suspended.
-    State: String,
-    /// Where players connect: node address and primary port.
-    Address: Option<String>,
-    suspended: bool,
-    Env: Vec<String>,
-    ContainerId: Option<String>,
-    VolumeId: String,
-    CreatedAt: Option<String>,
 }
 
 /// `POST /api/instances/deploy` body.

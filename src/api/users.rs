@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 
 /// Every user.
 #[utoipa::path(get, path = "/api/users", tag = "users",
-    responses((status = 200, description = "List of users", body = [super::openapi::UserDoc]),
+    responses((status = 200, description = "List of users", body = [User]),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn list(State(state): State<AppState>) -> axum::response::Response {
     state
@@ -45,7 +45,7 @@ pub async fn list(State(state): State<AppState>) -> axum::response::Response {
 /// A user by email or username.
 #[utoipa::path(post, path = "/api/getUser", tag = "users",
     request_body(content = super::openapi::GetUserDoc, content_type = "application/json"),
-    responses((status = 201, description = "User details", body = super::openapi::UserDoc),
+    responses((status = 201, description = "User details", body = User),
               (status = 400, description = "Missing or invalid parameters, or user not found", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
 pub async fn get_user(
@@ -121,7 +121,7 @@ fn new_user(fields: &Fields) -> ApiResult<NewUser> {
 /// Creates a user.
 #[utoipa::path(post, path = "/api/users/create", tag = "users",
     request_body(content = super::openapi::CreateUserDoc, content_type = "application/json"),
-    responses((status = 201, description = "User created", body = super::openapi::UserDoc),
+    responses((status = 201, description = "User created", body = User),
               (status = 400, description = "Missing or invalid parameters", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc),
               (status = 409, description = "User already exists", body = super::openapi::ErrorDoc)))]

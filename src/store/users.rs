@@ -44,7 +44,7 @@ pub fn password_hasher() -> Argon2<'static> {
 }
 
 /// A user as clients see it: never any password material.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// The user's id (chosen by the client, or a UUIDv4).
     #[serde(rename = "userId")]

@@ -242,3 +242,20 @@ impl FakeNode {
             .await;
     }
 }
+
+/// How many Instances in `ns` are Running.
+pub async fn running_instances(client: &Client, ns: &str) -> usize {
+    Api::<berth::crd::Instance>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|i| {
+                    i.status.as_ref().and_then(|s| s.state)
+                        == Some(berth::crd::InstanceState::Running)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

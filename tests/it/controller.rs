@@ -319,17 +319,7 @@ async fn a_steady_state_makes_no_writes() {
     eventually(
         Duration::from_secs(180),
         "200 instances Running",
-        || async {
-            api.list(&ListParams::default()).await.is_ok_and(|l| {
-                l.items
-                    .iter()
-                    .filter(|i| {
-                        i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running)
-                    })
-                    .count()
-                    == 200
-            })
-        },
+        || async { common::running_instances(&client, &ns).await == 200 },
     )
     .await;
     // Let in-flight work (events, node status) settle, then watch for 30 s.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use berth::crd::{Instance, InstanceState, Node};
+use berth::crd::{Instance, Node};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -439,17 +439,7 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
     eventually(
         Duration::from_secs(240),
         "every deployed instance Running",
-        || async {
-            api.list(&ListParams::default()).await.is_ok_and(|l| {
-                l.items
-                    .iter()
-                    .filter(|i| {
-                        i.status.as_ref().and_then(|s| s.state) == Some(InstanceState::Running)
-                    })
-                    .count()
-                    == DEPLOYS
-            })
-        },
+        || async { common::running_instances(&srv.client, &srv.ns).await == DEPLOYS },
     )
     .await;
     let instances = api.list(&ListParams::default()).await.expect("list").items;
