@@ -25,9 +25,11 @@ use serde_json::{Value, json};
 const FAKE_NODES: usize = 10;
 const LATENCY_DEPLOYS: usize = 200;
 const THROUGHPUT_DEPLOYS: usize = 2000;
+/// Runs of the throughput phase; `BENCH_RUNS` overrides (for quick looks).
 const THROUGHPUT_RUNS: usize = 3;
 const CONCURRENCY: usize = 32;
 const USERS: usize = 1000;
+/// Instances at the end; `BENCH_INSTANCES` overrides (for quick looks).
 const TOTAL_INSTANCES: usize = 10_000;
 const IDLE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -396,8 +398,21 @@ async fn fake_nodes(client: &Client, run: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A constant, unless the environment variable `name` says otherwise.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() {
+    let total_instances = knob("BENCH_INSTANCES", TOTAL_INSTANCES);
+    let throughput_runs = knob("BENCH_RUNS", THROUGHPUT_RUNS);
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out_dir).expect("target/bench");
     assert!(
@@ -594,7 +609,7 @@ async fn main() {
     // 2. Throughput: deploys at concurrency 32 vs direct Pods, several runs.
     let mut berth_rates = Vec::new();
     let mut floor_rates = Vec::new();
-    for r in 0..THROUGHPUT_RUNS {
+    for r in 0..throughput_runs {
         let before = count(&clock.instance_running);
         let start = Instant::now();
         deployer.deploy_many(THROUGHPUT_DEPLOYS, &users).await;
@@ -630,15 +645,15 @@ async fn main() {
     // 3/4. 10,000 instances: memory, reads, restart.
     let now = count(&clock.instance_running);
     deployer
-        .deploy_many(TOTAL_INSTANCES.saturating_sub(now), &users)
+        .deploy_many(total_instances.saturating_sub(now), &users)
         .await;
     wait_until("10,000 Running", Duration::from_secs(900), || {
-        count(&clock.instance_running) >= TOTAL_INSTANCES
+        count(&clock.instance_running) >= total_instances
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss_peak_10k, rss_now_10k) = rss(server.pid);
-    eprintln!("bench: 10,000 instances running");
+    eprintln!("bench: {total_instances} instances running");
     let sample_user = users[1].clone();
     let sample_instance = {
         let r: Value = http
@@ -707,7 +722,7 @@ async fn main() {
         "ratio_to_running_p50": percentile(&to_running, 0.5) / percentile(&floor_to_running, 0.5),
     });
     let throughput = json!({
-        "deploys": THROUGHPUT_DEPLOYS, "concurrency": CONCURRENCY, "runs": THROUGHPUT_RUNS,
+        "deploys": THROUGHPUT_DEPLOYS, "concurrency": CONCURRENCY, "runs": throughput_runs,
         "berth_per_s": berth_rates, "floor_per_s": floor_rates,
         "median_berth_per_s": median(berth_rates.clone()), "median_floor_per_s": median(floor_rates.clone()),
         "ratio": median(berth_rates.clone()) / median(floor_rates.clone()),
@@ -720,6 +735,7 @@ async fn main() {
         .collect();
     let results = json!({
         "machine": machine,
+        "instances": total_instances,
         "latency": latency,
         "throughput": throughput,
         "reads_at_10000": reads_json,
@@ -768,7 +784,10 @@ async fn main() {
     println!();
     println!(
         "{:<44} {:>10} {:>10} {:>10}",
-        "reads at 10,000 instances", "p50 ms", "p99 ms", "req/s"
+        format!("reads at {total_instances} instances"),
+        "p50 ms",
+        "p99 ms",
+        "req/s"
     );
     for (n, w) in &reads {
         println!(
@@ -787,7 +806,8 @@ async fn main() {
     );
     println!(
         "{:<44} {:>10.1}",
-        "peak RSS at 10,000 instances (MiB)", rss_peak_10k
+        format!("peak RSS at {total_instances} instances (MiB)"),
+        rss_peak_10k
     );
     println!(
         "{:<44} {:>10}",
@@ -795,7 +815,7 @@ async fn main() {
     );
     println!(
         "{:<44} {:>10.0}",
-        "restart to /readyz at 10,000 (ms)",
+        format!("restart to /readyz at {total_instances} (ms)"),
         median(restarts)
     );
     println!("\nwritten to target/bench/results.json");

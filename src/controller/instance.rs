@@ -7,12 +7,12 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
+use super::events::{EventType, Happening};
 use super::pod::{self, ANNOTATION_GENERATION, BuildError};
 use super::status::{self, Observed};
 use super::{Context, Error, node};
@@ -138,8 +138,7 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
                 "PodEnded" => "the Pod ended; recreating it".to_owned(),
                 other => format!("{other}: recreating the Pod"),
             };
-            ctx.event(&inst, EventType::Normal, "PodDeleted", &note)
-                .await;
+            ctx.event(&inst, EventType::Normal, "PodDeleted", &note);
             current = None;
         }
         (PodAction::Create, _) => {
@@ -177,8 +176,18 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
                     } else {
                         format!("Pod created, pinned to {kube_node}")
                     };
-                    ctx.event(&inst, EventType::Normal, "PodCreated", &note)
-                        .await;
+                    let what = Happening {
+                        type_: EventType::Normal,
+                        reason: REASON_POD_CREATED.to_owned(),
+                        note,
+                    };
+                    // While the status is on its way to Running, the creation is
+                    // told with the next state written (one Event, not two).
+                    if inst.status.as_ref().is_none_or(status::is_on_the_way) {
+                        ctx.hold(&name, what);
+                    } else {
+                        ctx.events.publish(inst.object_ref(&()), what);
+                    }
                     current = Some(Arc::new(created));
                 }
                 Err(e @ BuildError::InstallPath(_)) => obs.invalid = Some(e.to_string()),
@@ -191,6 +200,13 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::derive(&inst, &obs, &now);
     if inst.status.as_ref() != Some(&status) {
+        if status::may_wait(inst.status.as_ref(), &status) {
+            let waited = ctx.settling(&name);
+            if waited < status::SETTLE {
+                return Ok(Action::requeue(status::SETTLE - waited));
+            }
+        }
+        let held = ctx.settled(&name);
         let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
         let patch =
             json!({ "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "status": status });
@@ -201,25 +217,41 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
         )
         .await
         .map_err(Error::PatchInstanceStatus)?;
-        announce(&ctx, &inst, inst.status.as_ref(), &status).await;
+        announce(&ctx, &inst, inst.status.as_ref(), &status, held);
     }
     // Changes wake the controller; the periodic look is a safety net only (it
     // reads caches and writes nothing when nothing changed).
     Ok(Action::requeue(RESYNC))
 }
 
-/// Events for state changes, with the reason of the condition that explains them.
-async fn announce(
+/// Reason of the Event telling a Pod was created.
+pub const REASON_POD_CREATED: &str = "PodCreated";
+
+/// Publishes the Events of a status change.
+fn announce(
     ctx: &Context,
     inst: &Instance,
     old: Option<&InstanceStatus>,
     new: &InstanceStatus,
+    held: Vec<Happening>,
 ) {
-    let old_state = old.and_then(|s| s.state);
-    if old_state == new.state {
-        return;
+    for what in announcements(old, new, held) {
+        ctx.events.publish(inst.object_ref(&()), what);
     }
-    let Some(state) = new.state else { return };
+}
+
+/// The Events of a status change from `old` to `new`, after the Events `held` while
+/// the status waited (pure). A Running reached without its steps on the way being
+/// written tells them in its own note: one Event instead of three.
+pub fn announcements(
+    old: Option<&InstanceStatus>,
+    new: &InstanceStatus,
+    mut held: Vec<Happening>,
+) -> Vec<Happening> {
+    let old_state = old.and_then(|s| s.state);
+    let Some(state) = new.state.filter(|s| Some(*s) != old_state) else {
+        return held;
+    };
     let explain = |type_: &str| {
         new.conditions
             .iter()
@@ -228,11 +260,21 @@ async fn announce(
             .unwrap_or_default()
     };
     let (type_, reason, note) = match state {
-        InstanceState::Running => (
-            EventType::Normal,
-            "Running",
-            format!("running at {}", new.address.clone().unwrap_or_default()),
-        ),
+        InstanceState::Running => {
+            let mut steps = Vec::new();
+            if let Some(i) = held.iter().position(|h| h.reason == REASON_POD_CREATED) {
+                steps.push(held.remove(i).note);
+            } else if old_state != Some(InstanceState::Installing)
+                && let Some(node) = &new.kubernetes_node
+            {
+                steps.push(format!("scheduled on {node}"));
+            }
+            steps.push(format!(
+                "running at {}",
+                new.address.as_deref().unwrap_or_default()
+            ));
+            (EventType::Normal, "Running", steps.join("; "))
+        }
         InstanceState::Installing => (EventType::Normal, "Scheduled", explain(status::SCHEDULED)),
         InstanceState::Suspended => (
             EventType::Normal,
@@ -243,51 +285,42 @@ async fn announce(
         InstanceState::Pending => {
             // Waiting for the scheduler or for the Pod to be made is no news; a
             // reason such as Unschedulable or NodeNotReady is.
-            let stuck = new.conditions.iter().find(|c| {
-                c.status == "False"
-                    && !matches!(
-                        c.reason.as_str(),
-                        "Creating" | "Scheduling" | "NotScheduled"
-                    )
-            });
-            match stuck {
+            match status::stuck(new) {
                 Some(c) => (
                     EventType::Warning,
                     "Pending",
                     format!("{}: {}", c.reason, c.message),
                 ),
-                None => return,
+                None => return held,
             }
         }
     };
-    ctx.event(inst, type_, reason, &note).await;
+    held.push(Happening {
+        type_,
+        reason: reason.to_owned(),
+        note,
+    });
+    held
 }
 
 impl Context {
-    /// Publishes an Event on the Instance in the background: an Event is a record,
-    /// not a step of the reconcile, so the status write does not wait for it.
-    /// Failures are logged, never fatal.
-    pub async fn event(&self, inst: &Instance, type_: EventType, reason: &str, note: &str) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note.chars().take(1024).collect()),
-            action: reason.to_owned(),
-            secondary: None,
-        };
-        let recorder = self.recorder.clone();
-        let reference = inst.object_ref(&());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "failed to publish event");
-            }
-        });
+    /// Publishes an Event on the Instance, in the background.
+    pub fn event(&self, inst: &Instance, type_: EventType, reason: &str, note: &str) {
+        self.events.publish(
+            inst.object_ref(&()),
+            Happening {
+                type_,
+                reason: reason.to_owned(),
+                note: note.to_owned(),
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use serde_json::json;
 
     fn instance(generation: i64, suspended: bool) -> Instance {
@@ -354,5 +387,122 @@ mod tests {
             pod_action(&instance(1, true), None, Some("n1")),
             PodAction::Keep
         );
+    }
+
+    #[test]
+    fn slim_pods_decide_like_full_ones() {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let statuses = [
+            json!({ "phase": "Running", "hostIP": "10.0.0.1", "podIP": "10.1.0.1",
+                    "conditions": [{ "type": "PodScheduled", "status": "True" }, { "type": "Ready", "status": "True" }],
+                    "containerStatuses": [{ "name": "server", "image": "i", "imageID": "sha256:x", "ready": true,
+                                            "restartCount": 0, "state": { "running": {} } }] }),
+            json!({ "phase": "Pending", "hostIP": "10.0.0.1",
+                    "conditions": [{ "type": "PodScheduled", "status": "True" }],
+                    "containerStatuses": [{ "name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 4,
+                                            "state": { "waiting": { "reason": "CrashLoopBackOff", "message": "back-off" } } }] }),
+            json!({ "phase": "Pending", "conditions": [{ "type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "message": "0/3 nodes are available" }] }),
+            json!({ "phase": "Failed", "reason": "Evicted", "message": "low on memory" }),
+        ];
+        for status in statuses {
+            let mut full = existing("1", "n1", "Running");
+            full.status = Some(serde_json::from_value(status.clone()).expect("status"));
+            full.spec.as_mut().expect("spec").node_name = Some("n1".into());
+            let mut slim = full.clone();
+            pod::slim(&mut slim);
+            assert!(slim.spec.as_ref().expect("spec").containers.is_empty());
+            let i = instance(1, false);
+            assert_eq!(
+                pod_action(&i, Some(&full), Some("n1")),
+                pod_action(&i, Some(&slim), Some("n1")),
+                "{status}"
+            );
+            let observed = |pod| Observed {
+                pod: Some(pod),
+                kube_node: Some("n1".into()),
+                kube_node_ready: Some(true),
+                ..Observed::default()
+            };
+            assert_eq!(
+                status::derive(&i, &observed(&full), &now),
+                status::derive(&i, &observed(&slim), &now),
+                "{status}"
+            );
+        }
+    }
+
+    fn status_of(state: InstanceState) -> InstanceStatus {
+        InstanceStatus {
+            state: Some(state),
+            kubernetes_node: Some("kwok-node-3".into()),
+            address: Some("127.0.10.3:25565".into()),
+            ..InstanceStatus::default()
+        }
+    }
+
+    fn created() -> Happening {
+        Happening {
+            type_: EventType::Normal,
+            reason: REASON_POD_CREATED.into(),
+            note: "Pod created, pinned to kwok-node-3".into(),
+        }
+    }
+
+    #[test]
+    fn a_fast_start_is_one_event_and_a_slow_one_tells_every_step() {
+        let running = status_of(InstanceState::Running);
+        let fast = announcements(None, &running, vec![created()]);
+        assert_eq!(fast.len(), 1, "{fast:?}");
+        assert_eq!(fast[0].reason, "Running");
+        assert_eq!(
+            fast[0].note,
+            "Pod created, pinned to kwok-node-3; running at 127.0.10.3:25565"
+        );
+
+        // Pending was written (and the creation told with it), then Installing.
+        let pending = status_of(InstanceState::Pending);
+        let first = announcements(None, &pending, vec![created()]);
+        assert_eq!(first, vec![created()], "waiting is no news of its own");
+        let installing = status_of(InstanceState::Installing);
+        let second = announcements(Some(&pending), &installing, Vec::new());
+        assert_eq!(second[0].reason, "Scheduled");
+        let third = announcements(Some(&installing), &running, Vec::new());
+        assert_eq!(third[0].note, "running at 127.0.10.3:25565");
+
+        // Running reached from Pending without Installing: the placement is told.
+        let skipped = announcements(Some(&pending), &running, Vec::new());
+        assert_eq!(
+            skipped[0].note,
+            "scheduled on kwok-node-3; running at 127.0.10.3:25565"
+        );
+        assert!(announcements(Some(&running), &running, Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn only_steps_on_the_way_may_wait() {
+        let pending = status_of(InstanceState::Pending);
+        let installing = status_of(InstanceState::Installing);
+        let running = status_of(InstanceState::Running);
+        assert!(status::may_wait(None, &pending));
+        assert!(status::may_wait(Some(&pending), &installing));
+        assert!(
+            !status::may_wait(None, &running),
+            "Running is written at once"
+        );
+        assert!(
+            !status::may_wait(Some(&running), &pending),
+            "a running server going down is news"
+        );
+        let mut stuck = status_of(InstanceState::Pending);
+        stuck.conditions.push(Condition {
+            type_: status::SCHEDULED.into(),
+            status: "False".into(),
+            reason: "Unschedulable".into(),
+            message: "0/3 nodes are available".into(),
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+            observed_generation: None,
+        });
+        assert!(!status::may_wait(None, &stuck), "stuck is news");
     }
 }

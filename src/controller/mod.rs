@@ -3,6 +3,7 @@
 //! Berth Node's status. Both read shared, watched caches (one watch per kind) and
 //! write only when something changed, so a steady state makes no writes.
 
+pub mod events;
 pub mod instance;
 pub mod leader;
 pub mod node;
@@ -12,13 +13,12 @@ pub mod status;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -51,6 +51,14 @@ pub enum Error {
     PatchNodeStatus(#[source] kube::Error),
 }
 
+/// An Instance whose status waits to be written.
+struct Settling {
+    /// Since when.
+    since: Instant,
+    /// Events held meanwhile.
+    held: Vec<events::Happening>,
+}
+
 /// What every reconcile reads and writes through.
 pub struct Context {
     /// Client for writes.
@@ -70,9 +78,11 @@ pub struct Context {
     /// Kubernetes nodes (watched).
     pub kube_nodes: Store<KubeNode>,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub events: events::Events,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Instances whose status waits to be written (see [`status::may_wait`]).
+    settling: Mutex<HashMap<String, Settling>>,
 }
 
 impl Context {
@@ -81,6 +91,39 @@ impl Context {
         let n = f.entry(key).or_insert(0);
         *n = n.saturating_add(1);
         *n
+    }
+
+    /// How long the status of Instance `name` has waited to be written.
+    fn settling(&self, name: &str) -> Duration {
+        self.with_settling(name, |s| s.since.elapsed())
+    }
+
+    /// Holds an Event on Instance `name` until its status is written, so that it
+    /// can be told together with what happened next.
+    fn hold(&self, name: &str, what: events::Happening) {
+        self.with_settling(name, |s| s.held.push(what));
+    }
+
+    fn with_settling<R>(&self, name: &str, f: impl FnOnce(&mut Settling) -> R) -> R {
+        let mut s = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() > 4096 {
+            // Instances deleted while waiting; whatever waits longer is long settled.
+            s.retain(|_, w| w.since.elapsed() < Duration::from_secs(60));
+        }
+        f(s.entry(name.to_owned()).or_insert_with(|| Settling {
+            since: Instant::now(),
+            held: Vec::new(),
+        }))
+    }
+
+    /// The status of Instance `name` is being written: the Events held for it.
+    fn settled(&self, name: &str) -> Vec<events::Happening> {
+        self.settling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .map(|s| s.held)
+            .unwrap_or_default()
     }
 
     fn succeeded(&self, key: &str) {
@@ -274,7 +317,7 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
         .reflect_shared(instances_w);
     let pods_stream = watcher(pods_api, pods_cfg)
         .default_backoff()
-        .modify(slim)
+        .modify(pod::slim)
         .inspect_ok(on_delete(move |p: &Pod| {
             for owner in p.owner_references().iter().filter(|o| o.kind == "Instance") {
                 let _ = tx.send(ObjectRef::new(&owner.name).within(&pod_ns));
@@ -320,12 +363,8 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
         drain(kube_nodes_stream.map(|_| ()).boxed()),
     );
 
-    let reporter = Reporter {
-        controller: "berth".into(),
-        instance: Some(config.identity.clone()),
-    };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: events::Events::new(client.clone(), MANAGED_BY, &config.identity),
         client,
         namespace: ns.clone(),
         settings: config.pods.clone(),
@@ -335,6 +374,7 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
         nodes: nodes.clone(),
         kube_nodes,
         failures: Mutex::default(),
+        settling: Mutex::default(),
     });
 
     let by_node = instances.clone();

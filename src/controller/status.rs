@@ -200,6 +200,41 @@ fn from_pod(pod: &Pod, obs: &Observed) -> (InstanceState, Cond, Cond) {
     }
 }
 
+/// Reasons of a Pending Instance that is only on its way: waiting for its Pod to
+/// be made or placed. Any other reason (Unschedulable, NodeNotReady, ...) is news.
+const ON_THE_WAY: [&str; 3] = ["Creating", "Scheduling", "NotScheduled"];
+
+/// How long a step on the way to Running may go unwritten. Where Pods start in
+/// milliseconds (kwok, cached images) Pending and Installing would each be a status
+/// write and an Event nobody sees; waiting this long coalesces them into the write
+/// of Running, and where Pods take seconds every step is still shown.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The condition saying why a Pending Instance is stuck rather than on its way.
+pub fn stuck(status: &InstanceStatus) -> Option<&Condition> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.status == "False" && !ON_THE_WAY.contains(&c.reason.as_str()))
+}
+
+/// Whether `status` is a step on the way to Running: Pending without a reason to
+/// worry, or Installing.
+pub fn is_on_the_way(status: &InstanceStatus) -> bool {
+    match status.state {
+        Some(InstanceState::Installing) => true,
+        Some(InstanceState::Pending) => stuck(status).is_none(),
+        _ => false,
+    }
+}
+
+/// Whether writing `new` over `old` may wait up to [`SETTLE`]: only a step on the
+/// way replacing nothing or another step on the way. Leaving a settled state (a
+/// Running server going down, a suspension lifted) is news and is written at once.
+pub fn may_wait(old: Option<&InstanceStatus>, new: &InstanceStatus) -> bool {
+    is_on_the_way(new) && old.is_none_or(is_on_the_way)
+}
+
 /// The status of `inst` given what was observed. `now` stamps conditions that change.
 pub fn derive(inst: &Instance, obs: &Observed, now: &Time) -> InstanceStatus {
     let (state, scheduled, ready) = if inst.spec.suspended {

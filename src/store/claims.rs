@@ -30,6 +30,24 @@ pub enum ClaimKind {
 }
 
 impl ClaimKind {
+    /// Whether claims of this kind are watched and cached. Username and email
+    /// claims are read on every user lookup; host-port claims are only ever
+    /// created (the API server decides) and freed by the garbage collector, so
+    /// caching one per instance port would cost memory for nothing.
+    pub fn is_cached(self) -> bool {
+        !matches!(self, Self::HostPort)
+    }
+
+    /// The label selector of the claims that are cached.
+    pub fn cached_selector() -> String {
+        let kinds: Vec<&str> = [Self::Username, Self::Email, Self::HostPort]
+            .into_iter()
+            .filter(|k| k.is_cached())
+            .map(Self::as_str)
+            .collect();
+        format!("{LABEL_CLAIM} in ({})", kinds.join(","))
+    }
+
     /// The label value and name part of this kind.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -135,7 +153,9 @@ impl Claims {
         for _ in 0..2 {
             match self.api.create(&PostParams::default(), &claim).await {
                 Ok(created) => {
-                    self.cache.upsert(created);
+                    if kind.is_cached() {
+                        self.cache.upsert(created);
+                    }
                     return Ok(());
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -162,7 +182,9 @@ impl Claims {
                     .as_ref()
                     .is_some_and(|o| o.uid == claim_owner_uid)
             {
-                self.cache.upsert(existing);
+                if kind.is_cached() {
+                    self.cache.upsert(existing);
+                }
                 return Ok(());
             }
             let alive = match existing_owner {
@@ -182,34 +204,52 @@ impl Claims {
                 ..DeleteParams::default()
             };
             match self.api.delete(&name, &precondition).await {
-                Ok(_) => self.cache.remove(&existing),
+                Ok(_) if kind.is_cached() => self.cache.remove(&existing),
+                Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let holder = self.holder(kind, key).unwrap_or_default();
-        Err(ClaimError::Taken { holder })
+        let holder = match kind.is_cached() {
+            true => self.holder(kind, key),
+            false => self
+                .api
+                .get_opt(&name)
+                .await?
+                .and_then(|c| c.data?.remove(HOLDER_KEY)),
+        };
+        Err(ClaimError::Taken {
+            holder: holder.unwrap_or_default(),
+        })
     }
 
     /// Releases a claim we hold (when a write is rolled back); the garbage collector
     /// does the same once the owner is deleted, so failures here are harmless.
     pub async fn release(&self, kind: ClaimKind, key: &str, owner_uid: &str) {
         let name = claim_name(kind, key);
-        if let Some(existing) = self.cache.get(&name) {
-            let ours = existing
-                .metadata
-                .owner_references
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|r| r.uid == owner_uid));
-            if ours
-                && self
-                    .api
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .is_ok()
-            {
-                self.cache.remove(&existing);
-            }
+        let existing = match kind.is_cached() {
+            true => self.cache.get(&name).map(|c| c.as_ref().clone()),
+            false => self.api.get_opt(&name).await.ok().flatten(),
+        };
+        let Some(existing) = existing else { return };
+        let ours = existing
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|r| r.uid == owner_uid));
+        if !ours {
+            return;
+        }
+        // The uid precondition: never a claim someone else made in the meantime.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        if self.api.delete(&name, &params).await.is_ok() && kind.is_cached() {
+            self.cache.remove(&existing);
         }
     }
 }
@@ -231,5 +271,13 @@ mod tests {
         );
         assert_eq!(a, claim_name(ClaimKind::Email, "a@example.com"), "stable");
         assert_eq!(claim_name(ClaimKind::HostPort, "ü/🎮").len(), a.len() + 3);
+    }
+
+    #[test]
+    fn only_user_claims_are_cached() {
+        assert_eq!(
+            ClaimKind::cached_selector(),
+            "berth.dev/claim in (username,email)"
+        );
     }
 }

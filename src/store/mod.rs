@@ -15,10 +15,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use crate::crd::{Instance, Node};
-use crate::names::{LABEL_CATALOG, LABEL_CLAIM, SECRET_TYPE_API_KEY, SECRET_TYPE_USER};
+use crate::names::{LABEL_CATALOG, SECRET_TYPE_API_KEY, SECRET_TYPE_USER};
 use cache::Cache;
 use catalog::Catalog;
-use claims::Claims;
+use claims::{ClaimKind, Claims};
 use users::Users;
 
 /// Index of Instances by owner userId.
@@ -48,7 +48,7 @@ pub struct Store {
     pub users: Users,
     /// API key checker.
     pub keys: apikeys::KeyChecker,
-    /// Claims (usernames, emails, host ports).
+    /// Claims (usernames, emails, host ports; only the first two are cached).
     pub claims: Claims,
     /// The image catalog.
     pub catalog: Catalog,
@@ -136,7 +136,7 @@ impl Store {
             ),
             self.claim_maps.clone().run(
                 Api::namespaced(self.client.clone(), ns),
-                watcher::Config::default().labels(LABEL_CLAIM)
+                watcher::Config::default().labels(&ClaimKind::cached_selector())
             ),
             catalog,
         );
