@@ -7,6 +7,7 @@ pub mod events;
 pub mod instance;
 pub mod leader;
 pub mod node;
+pub mod observed;
 pub mod pod;
 pub mod status;
 
@@ -16,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use observed::ObservedPod;
 use tracing::{info, warn};
 
 use crate::crd::{Instance, Node};
@@ -72,7 +74,7 @@ pub struct Context {
     /// Instances (watched).
     pub instances: Store<Instance>,
     /// Instance Pods (watched).
-    pub pods: Store<Pod>,
+    pub pods: Store<ObservedPod>,
     /// Berth Nodes (watched).
     pub nodes: Store<Node>,
     /// Kubernetes nodes (watched).
@@ -250,7 +252,7 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
         watcher::Config::default(),
     );
     let (pods, pods_w, pods_cfg, pods_api) = shared(
-        Api::<Pod>::namespaced(client.clone(), &ns),
+        Api::<ObservedPod>::namespaced(client.clone(), &ns),
         watcher::Config::default().labels(&managed),
     );
     let (nodes, nodes_w, nodes_cfg, nodes_api) = shared(
@@ -317,8 +319,8 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
         .reflect_shared(instances_w);
     let pods_stream = watcher(pods_api, pods_cfg)
         .default_backoff()
-        .modify(pod::slim)
-        .inspect_ok(on_delete(move |p: &Pod| {
+        .modify(ObservedPod::slim)
+        .inspect_ok(on_delete(move |p: &ObservedPod| {
             for owner in p.owner_references().iter().filter(|o| o.kind == "Instance") {
                 let _ = tx.send(ObjectRef::new(&owner.name).within(&pod_ns));
             }

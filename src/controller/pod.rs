@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, ContainerStatus, EmptyDirVolumeSource,
-    EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, PodStatus, ResourceRequirements, SeccompProfile, SecurityContext,
-    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -429,66 +429,6 @@ pub fn build_pod(
     })
 }
 
-/// The Kubernetes node a Pod is pinned to by its required node affinity.
-pub fn pinned_node(pod: &Pod) -> Option<&str> {
-    pod.spec
-        .as_ref()?
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms
-        .first()?
-        .match_expressions
-        .as_ref()?
-        .iter()
-        .find(|e| e.key == LABEL_HOSTNAME)?
-        .values
-        .as_ref()?
-        .first()
-        .map(String::as_str)
-}
-
-/// What the controller keeps of a watched Pod: what [`pod_action`] and the status
-/// read (metadata, placement, phase, conditions, container states). The containers,
-/// volumes and security settings are Berth's own writing and never read back; on a
-/// large fleet they would be most of the controller's memory.
-///
-/// [`pod_action`]: super::instance::pod_action
-pub fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.spec = pod.spec.take().map(|s| PodSpec {
-        node_name: s.node_name,
-        affinity: s.affinity,
-        ..PodSpec::default()
-    });
-    let states = |c: Option<Vec<ContainerStatus>>| {
-        c.map(|c| {
-            c.into_iter()
-                .map(|c| ContainerStatus {
-                    name: c.name,
-                    state: c.state,
-                    ready: c.ready,
-                    restart_count: c.restart_count,
-                    ..ContainerStatus::default()
-                })
-                .collect()
-        })
-    };
-    pod.status = pod.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        reason: s.reason,
-        message: s.message,
-        conditions: s.conditions,
-        host_ip: s.host_ip,
-        container_statuses: states(s.container_statuses),
-        init_container_statuses: states(s.init_container_statuses),
-        ..PodStatus::default()
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,7 +493,12 @@ mod tests {
             &PodSettings::default(),
         )
         .expect("pod");
-        assert_eq!(pinned_node(&pod), Some("kwok-node-2"));
+        assert_eq!(
+            crate::controller::observed::pinned_node(
+                pod.spec.as_ref().and_then(|s| s.affinity.as_ref())
+            ),
+            Some("kwok-node-2")
+        );
         let spec = pod.spec.as_ref().expect("spec");
         let server = &spec.containers[0];
         let res = server.resources.as_ref().expect("resources");

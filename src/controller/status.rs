@@ -3,7 +3,7 @@
 //! lastTransitionTime while their status holds, so an unchanged world yields an
 //! identical status and the controller writes nothing.
 
-use k8s_openapi::api::core::v1::Pod;
+use super::observed::ObservedPod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{Instance, InstanceState, InstanceStatus};
@@ -27,7 +27,7 @@ const FAILING: [&str; 6] = [
 #[derive(Debug, Default)]
 pub struct Observed<'a> {
     /// The Instance's Pod, if it exists.
-    pub pod: Option<&'a Pod>,
+    pub pod: Option<&'a ObservedPod>,
     /// Why no Pod can be placed yet (no Berth Node, no matching Kubernetes node), if so.
     pub unplaceable: Option<(&'static str, String)>,
     /// Why the Instance cannot run as specified (e.g. a bad catalog entry), if so.
@@ -57,7 +57,7 @@ fn cond(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>)
 }
 
 fn pod_condition<'a>(
-    pod: &'a Pod,
+    pod: &'a ObservedPod,
     type_: &str,
 ) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
     pod.status
@@ -69,7 +69,7 @@ fn pod_condition<'a>(
 }
 
 /// The first container (init containers first) stuck with a failing reason.
-fn failing_container(pod: &Pod) -> Option<(String, String, bool)> {
+fn failing_container(pod: &ObservedPod) -> Option<(String, String, bool)> {
     let status = pod.status.as_ref()?;
     let init = status
         .init_container_statuses
@@ -95,7 +95,7 @@ fn failing_container(pod: &Pod) -> Option<(String, String, bool)> {
 }
 
 /// Summary of a Pod's situation: state and the two conditions.
-fn from_pod(pod: &Pod, obs: &Observed) -> (InstanceState, Cond, Cond) {
+fn from_pod(pod: &ObservedPod, obs: &Observed) -> (InstanceState, Cond, Cond) {
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -334,7 +334,7 @@ mod tests {
         .expect("instance")
     }
 
-    fn pod(status: serde_json::Value, node: Option<&str>) -> Pod {
+    fn pod(status: serde_json::Value, node: Option<&str>) -> ObservedPod {
         serde_json::from_value(json!({ "metadata": { "name": "abc" }, "spec": { "containers": [], "nodeName": node }, "status": status }))
             .expect("pod")
     }

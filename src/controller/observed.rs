@@ -1,0 +1,188 @@
+//! What the controller keeps of each instance Pod it watches: only what deciding
+//! the Pod's fate ([`pod_action`]) and the Instance's status read. The Pods are
+//! watched as this type, not as `k8s_openapi`'s `Pod`: that type holds every field
+//! of the Pod API inline (about 2.4 KiB before any content, some 20 KiB for a
+//! running Pod), and Berth watches one Pod per instance.
+//!
+//! [`pod_action`]: super::instance::pod_action
+
+use k8s_openapi::api::core::v1::{Affinity, ContainerStateWaiting, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
+use serde::Deserialize;
+
+use super::pod::ANNOTATION_GENERATION;
+use crate::names::LABEL_HOSTNAME;
+
+/// A Pod as the controller sees it (the same JSON, fewer fields).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedPod {
+    /// The Pod's metadata (name, uid, owner, annotations, deletion).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Where the Pod is placed and pinned.
+    pub spec: Option<ObservedPodSpec>,
+    /// How the Pod is doing.
+    pub status: Option<ObservedPodStatus>,
+}
+
+/// The part of a Pod's spec the controller reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedPodSpec {
+    /// The node the scheduler placed the Pod on.
+    pub node_name: Option<String>,
+    /// The node affinity pinning the Pod.
+    pub affinity: Option<Affinity>,
+}
+
+/// The part of a Pod's status the controller reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedPodStatus {
+    /// Pending, Running, Succeeded, Failed, Unknown.
+    pub phase: Option<String>,
+    /// Why the Pod is in this phase (e.g. Evicted).
+    pub reason: Option<String>,
+    /// Details of the reason.
+    pub message: Option<String>,
+    /// The node's address.
+    #[serde(rename = "hostIP")]
+    pub host_ip: Option<String>,
+    /// PodScheduled and Ready (others are dropped by [`ObservedPod::slim`]).
+    pub conditions: Option<Vec<PodCondition>>,
+    /// The game server container.
+    pub container_statuses: Option<Vec<ObservedContainer>>,
+    /// The install step.
+    pub init_container_statuses: Option<Vec<ObservedContainer>>,
+}
+
+/// A container's name and why it waits, if it does.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedContainer {
+    /// Container name.
+    pub name: String,
+    /// Its state; only waiting is read.
+    pub state: Option<ObservedContainerState>,
+}
+
+/// Whether a container waits, and why.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedContainerState {
+    /// Set while the container waits (e.g. CrashLoopBackOff, ImagePullBackOff).
+    pub waiting: Option<ContainerStateWaiting>,
+}
+
+impl Resource for ObservedPod {
+    const API_VERSION: &'static str = Pod::API_VERSION;
+    const GROUP: &'static str = Pod::GROUP;
+    const KIND: &'static str = Pod::KIND;
+    const VERSION: &'static str = Pod::VERSION;
+    const URL_PATH_SEGMENT: &'static str = Pod::URL_PATH_SEGMENT;
+    type Scope = NamespaceResourceScope;
+}
+
+impl Metadata for ObservedPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Pod conditions the status is derived from.
+const CONDITIONS_READ: [&str; 2] = ["PodScheduled", "Ready"];
+
+impl ObservedPod {
+    /// Drops what is never read: managed fields, labels (the watch selected by
+    /// them already), annotations other than Berth's, conditions other than
+    /// PodScheduled and Ready.
+    pub fn slim(&mut self) {
+        let meta = &mut self.metadata;
+        meta.managed_fields = None;
+        meta.labels = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.retain(|k, _| k == ANNOTATION_GENERATION);
+        }
+        if let Some(c) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            c.retain(|c| CONDITIONS_READ.contains(&c.type_.as_str()));
+        }
+    }
+
+    /// The Kubernetes node the Pod is pinned to by its required node affinity.
+    pub fn pinned_node(&self) -> Option<&str> {
+        pinned_node(self.spec.as_ref()?.affinity.as_ref())
+    }
+}
+
+/// The node a required node affinity on `kubernetes.io/hostname` pins to.
+pub fn pinned_node(affinity: Option<&Affinity>) -> Option<&str> {
+    affinity?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms
+        .first()?
+        .match_expressions
+        .as_ref()?
+        .iter()
+        .find(|e| e.key == LABEL_HOSTNAME)?
+        .values
+        .as_ref()?
+        .first()
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_a_pod_as_the_api_server_sends_it() {
+        let mut pod: ObservedPod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "a1b2c3d4", "uid": "u1", "labels": { "x": "y" },
+                          "annotations": { ANNOTATION_GENERATION: "2", "other": "z" },
+                          "managedFields": [{ "manager": "berth" }] },
+            "spec": { "nodeName": "kwok-node-1", "containers": [{ "name": "server", "image": "i" }],
+                      "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
+                          { "matchExpressions": [{ "key": LABEL_HOSTNAME, "operator": "In", "values": ["kwok-node-1"] }] }] } } } },
+            "status": { "phase": "Running", "hostIP": "127.0.10.1", "podIP": "10.0.0.1", "qosClass": "Guaranteed",
+                        "conditions": [{ "type": "Initialized", "status": "True" }, { "type": "Ready", "status": "True" },
+                                       { "type": "PodScheduled", "status": "True" }],
+                        "containerStatuses": [{ "name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                                                "state": { "waiting": { "reason": "CrashLoopBackOff", "message": "back-off" } } }] }
+        }))
+        .expect("pod");
+        pod.slim();
+        assert_eq!(pod.pinned_node(), Some("kwok-node-1"));
+        let meta = &pod.metadata;
+        assert!(meta.labels.is_none() && meta.managed_fields.is_none());
+        assert_eq!(
+            meta.annotations.as_ref().map(|a| a.len()),
+            Some(1),
+            "only Berth's annotation stays"
+        );
+        let status = pod.status.as_ref().expect("status");
+        assert_eq!(status.host_ip.as_deref(), Some("127.0.10.1"));
+        let kept: Vec<&str> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(kept, ["Ready", "PodScheduled"]);
+        let waiting = status.container_statuses.as_ref().expect("containers")[0]
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref());
+        assert_eq!(waiting, Some("CrashLoopBackOff"));
+    }
+}
