@@ -204,11 +204,13 @@ fn from_pod(pod: &ObservedPod, obs: &Observed) -> (InstanceState, Cond, Cond) {
 /// be made or placed. Any other reason (Unschedulable, NodeNotReady, ...) is news.
 const ON_THE_WAY: [&str; 3] = ["Creating", "Scheduling", "NotScheduled"];
 
-/// How long a step on the way to Running may go unwritten. Where Pods start in
-/// milliseconds (kwok, cached images) Pending and Installing would each be a status
-/// write and an Event nobody sees; waiting this long coalesces them into the write
-/// of Running, and where Pods take seconds every step is still shown.
-pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a step on the way to Running may go unwritten. Where Pods start within
+/// it (kwok, cached images, a small server) Pending and Installing would each be a
+/// status write and an Event nobody sees; waiting coalesces them into the write of
+/// Running. Where Pods take longer (image pulls) every step is still shown. Three
+/// seconds because a wave of deploys slows every start: at one second half the
+/// starts of a 32-wide wave outlasted it (measured with `make bench`).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The condition saying why a Pending Instance is stuck rather than on its way.
 pub fn stuck(status: &InstanceStatus) -> Option<&Condition> {

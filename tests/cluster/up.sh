@@ -99,6 +99,14 @@ start_kube_apiserver() {
 }
 
 start_kube_controller_manager() {
+  # Berth's CRDs go in first: the garbage collector watches the resource types it
+  # finds at start and picks up new ones only on its periodic discovery resync
+  # (about 30 s, sometimes two rounds), so Instances deleted before that would
+  # keep their Pods and claims for a minute or more.
+  if [ -d "$REPO_ROOT/crds" ]; then
+    kubectl apply --server-side --field-manager berth -f "$REPO_ROOT/crds" >/dev/null
+    kubectl wait --for condition=Established --timeout=30s -f "$REPO_ROOT/crds" >/dev/null
+  fi
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$KUBECONFIG_PATH" \
     --authentication-kubeconfig "$KUBECONFIG_PATH" --authorization-kubeconfig "$KUBECONFIG_PATH" \
