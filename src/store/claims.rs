@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
 
@@ -150,12 +151,11 @@ impl Claims {
             ..ConfigMap::default()
         };
         // Two rounds: the second after taking over a claim whose owner is gone.
+        let mut last_holder = String::new();
         for _ in 0..2 {
             match self.api.create(&PostParams::default(), &claim).await {
                 Ok(created) => {
-                    if kind.is_cached() {
-                        self.cache.upsert(created);
-                    }
+                    self.remember(kind, created);
                     return Ok(());
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -164,7 +164,7 @@ impl Claims {
             let Some(existing) = self.api.get_opt(&name).await? else {
                 continue; // freed meanwhile
             };
-            let current_holder = existing
+            last_holder = existing
                 .data
                 .as_ref()
                 .and_then(|d| d.get(HOLDER_KEY))
@@ -177,14 +177,12 @@ impl Claims {
                 .and_then(|o| o.first())
                 .cloned();
             // Ours already (a retried request): nothing to do.
-            if current_holder == holder
+            if last_holder == holder
                 && existing_owner
                     .as_ref()
                     .is_some_and(|o| o.uid == claim_owner_uid)
             {
-                if kind.is_cached() {
-                    self.cache.upsert(existing);
-                }
+                self.remember(kind, existing);
                 return Ok(());
             }
             let alive = match existing_owner {
@@ -193,33 +191,17 @@ impl Claims {
             };
             if alive {
                 return Err(ClaimError::Taken {
-                    holder: current_holder,
+                    holder: last_holder,
                 });
             }
-            let precondition = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: existing.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match self.api.delete(&name, &precondition).await {
-                Ok(_) if kind.is_cached() => self.cache.remove(&existing),
-                Ok(_) => {}
+            match self.delete_exactly(&existing).await {
+                Ok(()) => self.forget(kind, &existing),
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let holder = match kind.is_cached() {
-            true => self.holder(kind, key),
-            false => self
-                .api
-                .get_opt(&name)
-                .await?
-                .and_then(|c| c.data?.remove(HOLDER_KEY)),
-        };
         Err(ClaimError::Taken {
-            holder: holder.unwrap_or_default(),
+            holder: last_holder,
         })
     }
 
@@ -227,9 +209,11 @@ impl Claims {
     /// does the same once the owner is deleted, so failures here are harmless.
     pub async fn release(&self, kind: ClaimKind, key: &str, owner_uid: &str) {
         let name = claim_name(kind, key);
-        let existing = match kind.is_cached() {
-            true => self.cache.get(&name).map(|c| c.as_ref().clone()),
-            false => self.api.get_opt(&name).await.ok().flatten(),
+        // Uncached kinds are read from the API server: a rollback is rare.
+        let existing = if kind.is_cached() {
+            self.cache.get(&name).map(|c| c.as_ref().clone())
+        } else {
+            self.api.get_opt(&name).await.ok().flatten()
         };
         let Some(existing) = existing else { return };
         let ours = existing
@@ -237,19 +221,37 @@ impl Claims {
             .owner_references
             .as_ref()
             .is_some_and(|o| o.iter().any(|r| r.uid == owner_uid));
-        if !ours {
-            return;
+        if ours && self.delete_exactly(&existing).await.is_ok() {
+            self.forget(kind, &existing);
         }
-        // The uid precondition: never a claim someone else made in the meantime.
+    }
+
+    /// Deletes `claim` and no newer claim of the same name (uid precondition).
+    async fn delete_exactly(&self, claim: &ConfigMap) -> Result<(), kube::Error> {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: existing.metadata.uid.clone(),
+                uid: claim.metadata.uid.clone(),
                 resource_version: None,
             }),
             ..DeleteParams::default()
         };
-        if self.api.delete(&name, &params).await.is_ok() && kind.is_cached() {
-            self.cache.remove(&existing);
+        self.api
+            .delete(&claim.name_any(), &params)
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes a claim of ours visible in the cache now, if its kind is cached.
+    fn remember(&self, kind: ClaimKind, claim: ConfigMap) {
+        if kind.is_cached() {
+            self.cache.upsert(claim);
+        }
+    }
+
+    /// Makes a deletion of ours visible in the cache now, if its kind is cached.
+    fn forget(&self, kind: ClaimKind, claim: &ConfigMap) {
+        if kind.is_cached() {
+            self.cache.remove(claim);
         }
     }
 }
