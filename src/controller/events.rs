@@ -51,6 +51,17 @@ pub struct Happening {
     pub note: String,
 }
 
+impl Happening {
+    /// A happening of `type_` for `reason`, told by `note`.
+    pub fn new(type_: EventType, reason: &str, note: impl Into<String>) -> Self {
+        Self {
+            type_,
+            reason: reason.to_owned(),
+            note: note.into(),
+        }
+    }
+}
+
 /// An Event already written, that a repeat extends.
 struct Series {
     name: String,

@@ -144,7 +144,7 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
                 "PodEnded" => "the Pod ended; recreating it".to_owned(),
                 other => format!("{other}: recreating the Pod"),
             };
-            ctx.event(&inst, EventType::Normal, "PodDeleted", &note);
+            ctx.event(&inst, Happening::new(EventType::Normal, "PodDeleted", note));
             current = None;
         }
         (PodAction::Create, _) => {
@@ -182,17 +182,13 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
                     } else {
                         format!("Pod created, pinned to {kube_node}")
                     };
-                    let what = Happening {
-                        type_: EventType::Normal,
-                        reason: REASON_POD_CREATED.to_owned(),
-                        note,
-                    };
+                    let what = Happening::new(EventType::Normal, REASON_POD_CREATED, note);
                     // While the status is on its way to Running, the creation is
                     // told with the next state written (one Event, not two).
                     if inst.status.as_ref().is_none_or(status::is_on_the_way) {
                         ctx.hold(&name, what);
                     } else {
-                        ctx.events.publish(inst.object_ref(&()), what);
+                        ctx.event(&inst, what);
                     }
                     current = Some(Arc::new(created));
                 }
@@ -242,7 +238,7 @@ fn announce(
     held: Vec<Happening>,
 ) {
     for what in announcements(old, new, held) {
-        ctx.events.publish(inst.object_ref(&()), what);
+        ctx.event(inst, what);
     }
 }
 
@@ -301,25 +297,14 @@ pub fn announcements(
             }
         }
     };
-    held.push(Happening {
-        type_,
-        reason: reason.to_owned(),
-        note,
-    });
+    held.push(Happening::new(type_, reason, note));
     held
 }
 
 impl Context {
     /// Publishes an Event on the Instance, in the background.
-    pub fn event(&self, inst: &Instance, type_: EventType, reason: &str, note: &str) {
-        self.events.publish(
-            inst.object_ref(&()),
-            Happening {
-                type_,
-                reason: reason.to_owned(),
-                note: note.to_owned(),
-            },
-        );
+    pub fn event(&self, inst: &Instance, what: Happening) {
+        self.events.publish(inst.object_ref(&()), what);
     }
 }
 
@@ -451,11 +436,11 @@ mod tests {
     }
 
     fn created() -> Happening {
-        Happening {
-            type_: EventType::Normal,
-            reason: REASON_POD_CREATED.into(),
-            note: "Pod created, pinned to kwok-node-3".into(),
-        }
+        Happening::new(
+            EventType::Normal,
+            REASON_POD_CREATED,
+            "Pod created, pinned to kwok-node-3",
+        )
     }
 
     #[test]

@@ -83,8 +83,9 @@ pub struct Context {
     pub events: events::Events,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Instances whose status waits to be written (see [`status::may_wait`]).
-    settling: Mutex<HashMap<String, Settling>>,
+    /// Instances whose status waits to be written (see [`status::may_wait`]), and
+    /// when that map was last pruned.
+    settling: Mutex<(HashMap<String, Settling>, Instant)>,
 }
 
 impl Context {
@@ -107,12 +108,15 @@ impl Context {
     }
 
     fn with_settling<R>(&self, name: &str, f: impl FnOnce(&mut Settling) -> R) -> R {
-        let mut s = self.settling.lock().unwrap_or_else(|e| e.into_inner());
-        if s.len() > 4096 {
-            // Instances deleted while waiting; whatever waits longer is long settled.
-            s.retain(|_, w| w.since.elapsed() < Duration::from_secs(60));
+        let mut guard = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+        let (waiting, pruned) = &mut *guard;
+        // Forget Instances deleted while waiting (whatever waits a minute is long
+        // settled), now and then rather than on every call of this hot path.
+        if pruned.elapsed() > Duration::from_secs(60) {
+            waiting.retain(|_, w| w.since.elapsed() < Duration::from_secs(60));
+            *pruned = Instant::now();
         }
-        f(s.entry(name.to_owned()).or_insert_with(|| Settling {
+        f(waiting.entry(name.to_owned()).or_insert_with(|| Settling {
             since: Instant::now(),
             held: Vec::new(),
         }))
@@ -123,6 +127,7 @@ impl Context {
         self.settling
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .remove(name)
             .map(|s| s.held)
             .unwrap_or_default()
@@ -376,7 +381,7 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
         nodes: nodes.clone(),
         kube_nodes,
         failures: Mutex::default(),
-        settling: Mutex::default(),
+        settling: Mutex::new((HashMap::new(), Instant::now())),
     });
 
     let by_node = instances.clone();
