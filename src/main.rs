@@ -69,9 +69,21 @@ struct ServeArgs {
     /// Elect a leader with a Lease before reconciling (for several replicas).
     #[arg(long, env = "BERTH_LEADER_ELECT")]
     leader_elect: bool,
-    /// Seconds a leader's Lease lasts without renewal.
+    /// Seconds a leader's Lease lasts without renewal (as candidates judge it, by their own clocks).
     #[arg(long, default_value_t = 15, env = "BERTH_LEASE_DURATION")]
     lease_duration: u64,
+    /// Seconds a leader keeps trying to renew its Lease before it stops reconciling (< lease duration).
+    #[arg(long, default_value_t = 10, env = "BERTH_RENEW_DEADLINE")]
+    renew_deadline: u64,
+    /// Seconds between tries to take or renew the Lease (renew deadline > 1.2 × this).
+    #[arg(long, default_value_t = 2, env = "BERTH_RETRY_PERIOD")]
+    retry_period: u64,
+    /// Seconds a watch may fail before /readyz fails (its informer may be stale).
+    #[arg(long, default_value_t = 10, env = "BERTH_WATCH_GRACE")]
+    watch_grace: u64,
+    /// Seconds a client may take to send its request headers (against slowloris).
+    #[arg(long, default_value_t = 10, env = "BERTH_HEADER_READ_TIMEOUT")]
+    header_read_timeout: u64,
     /// Instances reconciled at once.
     #[arg(long, default_value_t = 16, env = "BERTH_CONCURRENCY")]
     concurrency: u16,
@@ -117,9 +129,12 @@ impl ServeArgs {
                 anyhow::anyhow!("--instance-tolerations is not a JSON list of tolerations: {e}")
             })?,
         };
-        if self.lease_duration < 3 {
-            anyhow::bail!("--lease-duration must be at least 3 seconds");
-        }
+        let election = berth::controller::leader::Timing::new(
+            Duration::from_secs(self.lease_duration),
+            Duration::from_secs(self.renew_deadline),
+            Duration::from_secs(self.retry_period),
+        )
+        .map_err(|e| anyhow::anyhow!("--lease-duration, --renew-deadline, --retry-period: {e}"))?;
         Ok(berth::serve::Config {
             listen: self.listen,
             namespace: self.namespace,
@@ -131,7 +146,9 @@ impl ServeArgs {
                 Mode::All
             },
             leader_elect: self.leader_elect,
-            lease_duration: Duration::from_secs(self.lease_duration),
+            election,
+            watch_grace: Duration::from_secs(self.watch_grace),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout.max(1)),
             concurrency: self.concurrency.max(1),
             shutdown_delay: Duration::from_secs(self.shutdown_delay),
             pods: berth::controller::PodSettings {

@@ -1,6 +1,7 @@
 //! Prometheus metrics, kept in process-wide atomics and rendered as text at
 //! `/metrics`: the Kubernetes API requests Berth makes (by verb, so idle writes can
-//! be counted), reconciles by controller and outcome, and HTTP answers by class.
+//! be counted), reconciles by controller and outcome, watch failures by kind, and
+//! HTTP answers by class.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,16 @@ const VERBS: [&str; 7] = [
 ];
 /// Controllers, as counted.
 pub const CONTROLLERS: [&str; 2] = ["instance", "node"];
+
+/// Watch failures by kind (a handful of kinds: a small map).
+static WATCH_ERRORS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Counts one failure of the watch of `kind`.
+pub fn count_watch_error(kind: &str) {
+    let mut m = WATCH_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry(kind.to_owned()).or_insert(0) += 1;
+}
 
 struct Metrics {
     kube_requests: [AtomicU64; VERBS.len()],
@@ -97,6 +108,15 @@ pub fn render() -> String {
             );
         }
     }
+    out.push_str("# HELP berth_watch_errors_total Failures of the watches feeding the informers, by kind (each is retried).\n");
+    out.push_str("# TYPE berth_watch_errors_total counter\n");
+    for (kind, n) in WATCH_ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(out, "berth_watch_errors_total{{kind=\"{kind}\"}} {n}");
+    }
     out.push_str("# HELP berth_http_responses_total HTTP answers by status class.\n");
     out.push_str("# TYPE berth_http_responses_total counter\n");
     for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
@@ -144,14 +164,18 @@ where
     }
 }
 
-/// A Kubernetes client from KUBECONFIG or the in-cluster config, counting its requests.
-pub async fn client() -> Result<kube::Client, kube::Error> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&CountKubeRequests)
-        .build())
+/// A Kubernetes client counting its requests; behind `gate` (the controllers'
+/// client under leader election) its writes need the gate open.
+pub fn client(
+    config: kube::Config,
+    gate: Option<crate::controller::leader::Gate>,
+) -> Result<kube::Client, kube::Error> {
+    let counted = kube::client::ClientBuilder::try_from(config)?.with_layer(&CountKubeRequests);
+    Ok(match gate {
+        // Outermost, so refused writes are never counted as made.
+        Some(gate) => counted.with_layer(&gate).build(),
+        None => counted.build(),
+    })
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ pub const LABEL_USER: &str = "berth.dev/user";
 /// Label holding the id of the Berth Node an object is placed on.
 pub const LABEL_NODE: &str = "berth.dev/node";
 
-/// The label Kubernetes nodes carry their hostname in; instance Pods are pinned with it.
-pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+/// The field instance Pods are pinned by: a node's name (as the DaemonSet controller
+/// pins; the `kubernetes.io/hostname` label need not equal it).
+pub const FIELD_NODE_NAME: &str = "metadata.name";
 /// Label on claim ConfigMaps, holding what they make unique (username, email, hostport).
 pub const LABEL_CLAIM: &str = "berth.dev/claim";
 /// Label marking ConfigMaps that hold image catalog documents.
@@ -34,5 +35,8 @@ pub const SECRET_TYPE_API_KEY: &str = "berth.dev/api-key";
 
 /// Annotation on an Instance: the digest of the Idempotency-Key it was deployed with.
 pub const ANNOTATION_IDEMPOTENCY: &str = "berth.dev/idempotency";
+/// Annotation on a keyed Instance: the digest of the request body, so that a key
+/// reused with another request is refused.
+pub const ANNOTATION_REQUEST: &str = "berth.dev/request";
 /// Annotation on a Node being deleted (RFC 3339 time): deploys to it wait for the outcome.
 pub const ANNOTATION_DELETING: &str = "berth.dev/deleting";

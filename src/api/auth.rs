@@ -79,6 +79,14 @@ impl FromRequestParts<AppState> for Caller {
         let result = match key {
             // Not a guess: nothing to slow down.
             None => return Err(ApiError::unauthorized("API key is required")),
+            // Answers from informers that have not listed everything yet would be
+            // wrong (a revoked key let in, a node "not found" that exists): until
+            // synced, keyed requests are asked to retry.
+            Some(_) if !state.store.is_synced() => {
+                return Err(ApiError::unavailable(
+                    "Berth is starting; try again in a moment",
+                ));
+            }
             Some(k) if !k.is_empty() && state.store.keys.verify(k) => Ok(Caller {
                 key_digest: apikeys::digest(k),
             }),

@@ -138,6 +138,18 @@ pub fn has_control(s: &str) -> bool {
 }
 
 impl Fields {
+    /// SHA-256 (hex) of the fields, keys in order: equal bodies have equal digests
+    /// however their keys were ordered.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let sorted: std::collections::BTreeMap<&String, &Value> = self.0.iter().collect();
+        let bytes = serde_json::to_vec(&sorted).unwrap_or_default();
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The raw value of a field; `null` counts as absent.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())
@@ -291,6 +303,15 @@ mod tests {
         assert_eq!(status(f.number("h")), 400);
         assert_eq!(status(f.integer("a", 1, 100)), 400);
         assert_eq!(f.number("absent").ok(), Some(None));
+    }
+
+    #[test]
+    fn digests_ignore_key_order_but_not_values() {
+        let a = parse_json(br#"{"a": 1, "b": "x"}"#).expect("json");
+        let b = parse_json(br#"{"b": "x", "a": 1}"#).expect("json");
+        let c = parse_json(br#"{"a": 2, "b": "x"}"#).expect("json");
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
     }
 
     #[test]

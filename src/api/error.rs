@@ -11,6 +11,9 @@ use tracing::error;
 
 use crate::store::apikeys::KeyError;
 use crate::store::claims::ClaimError;
+use crate::store::deploy::DeployError;
+use crate::store::instances::InstanceError;
+use crate::store::nodes::NodeError;
 use crate::store::users::UserError;
 
 /// An error answer of the REST API.
@@ -51,6 +54,11 @@ impl ApiError {
     /// 409: the user exists.
     pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 422: the request is well-formed but contradicts an earlier one.
+    pub fn unprocessable(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
 
     /// 413: the body is over the limit.
@@ -156,6 +164,37 @@ impl From<KeyError> for ApiError {
         match e {
             KeyError::Api(e) => Self::kube("manage API keys", e),
             other => Self::bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Invalid(message) => Self::bad_request(message),
+            DeployError::KeyReused => Self::unprocessable(e.to_string()),
+            DeployError::Api { action, source } => Self::kube(action, source),
+            DeployError::NoFreeId | DeployError::Task(_) => {
+                Self::internal("deploy the instance", &e)
+            }
+        }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NotFound | NodeError::HasInstances => Self::bad_request(e.to_string()),
+            NodeError::Api { action, source } => Self::kube(action, source),
+        }
+    }
+}
+
+impl From<InstanceError> for ApiError {
+    fn from(e: InstanceError) -> Self {
+        match e {
+            InstanceError::NotFound => Self::bad_request(e.to_string()),
+            InstanceError::Api { action, source } => Self::kube(action, source),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `/healthz` (the process lives), `/readyz` (it can serve: connected and caches
-//! synced) and `/metrics` (Prometheus); none needs an API key.
+//! `/healthz` (the process lives), `/readyz` (it can serve: informers synced and
+//! no watch failing for long, so its view is fresh) and `/metrics` (Prometheus);
+//! none needs an API key.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,12 +33,11 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.is_ready() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
-    } else {
-        (
+    match state.unready() {
+        None => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting" })),
-        )
+            Json(json!({ "status": "unready", "reason": reason })),
+        ),
     }
 }

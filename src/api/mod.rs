@@ -10,6 +10,7 @@ mod images;
 mod instances;
 mod nodes;
 pub mod openapi;
+mod root;
 mod users;
 
 use std::sync::Arc;
@@ -27,8 +28,10 @@ use crate::store::Store;
 /// State shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
-    /// Caches and writers of everything the API touches.
+    /// Informers and write protocols of everything the API touches.
     pub store: Store,
+    /// How long a watch may fail before `/readyz` fails.
+    pub watch_grace: std::time::Duration,
     ready: Arc<AtomicBool>,
     failures: auth::FailureLimiter,
     lists: ListCache,
@@ -77,10 +80,13 @@ impl ListCache {
 }
 
 impl AppState {
-    /// New state; not ready until [`AppState::set_ready`] is called and the caches synced.
-    pub fn new(store: Store) -> Self {
+    /// New state; not ready until [`AppState::set_ready`] is called and the
+    /// informers synced. `/readyz` fails while a watch has failed for longer than
+    /// `watch_grace`.
+    pub fn new(store: Store, watch_grace: std::time::Duration) -> Self {
         Self {
             store,
+            watch_grace,
             ready: Arc::new(AtomicBool::new(false)),
             failures: auth::FailureLimiter::default(),
             lists: ListCache::default(),
@@ -97,9 +103,22 @@ impl AppState {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether `/readyz` answers 200: started, not shutting down, caches synced.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.store.is_synced()
+    /// Why `/readyz` fails, or `None` when this process can serve: started, not
+    /// shutting down, informers synced, and no watch failing for too long (its
+    /// informer may be stale).
+    pub fn unready(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Some("not serving (starting or shutting down)".into());
+        }
+        if !self.store.is_synced() {
+            return Some("informers have not listed everything yet".into());
+        }
+        self.store.stale(self.watch_grace).map(|s| {
+            format!(
+                "the watch of {} has been failing for {} s",
+                s.kind, s.for_secs
+            )
+        })
     }
 }
 
@@ -122,11 +141,6 @@ async fn authenticate(
 ) -> axum::response::Response {
     use axum::extract::FromRequestParts;
     use axum::response::IntoResponse;
-    // Answers from caches that have not listed everything yet would be wrong
-    // (a node "not found" that exists): until synced, ask clients to retry.
-    if !state.store.is_synced() {
-        return ApiError::unavailable("Berth is starting; try again in a moment").into_response();
-    }
     let (mut parts, body) = req.into_parts();
     match auth::Caller::from_request_parts(&mut parts, &state).await {
         Ok(caller) => {
@@ -180,6 +194,7 @@ pub fn router(state: AppState, with_api: bool) -> Router {
     Router::new()
         .merge(routes)
         .merge(health::router())
+        .merge(root::router())
         .fallback(|| async { ApiError::not_found("Not found") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Fields reads the body with its own limit; this also bounds anything else.

@@ -1,13 +1,9 @@
 //! `/api/nodes`, `/api/nodes/create`, `/api/nodes/delete`.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -15,8 +11,7 @@ use super::AppState;
 use super::body::Fields;
 use super::error::{ApiError, ApiResult};
 use crate::crd::{Node, NodeSpec, NodeState};
-use crate::names::{ANNOTATION_DELETING, FIELD_MANAGER, LABEL_NODE};
-use crate::store::INDEX_NODE;
+use crate::store::{INDEX_NODE, nodes};
 
 /// Largest node memory or disk accepted, in MiB (1 PiB).
 const MAX_SIZE_MIB: i64 = 1 << 30;
@@ -74,7 +69,7 @@ pub fn view(state: &AppState, node: &Node) -> NodeView {
     let id = node.metadata.name.clone().unwrap_or_default();
     let status = node.status.as_ref();
     NodeView {
-        instances: state.store.instances.by_index(INDEX_NODE, &id).len(),
+        instances: state.store.instances.count_by_index(INDEX_NODE, &id),
         id,
         name: node.spec.display_name.clone(),
         tags: node.spec.tags.clone(),
@@ -212,53 +207,12 @@ pub async fn create(
     fields: Fields,
 ) -> ApiResult<(StatusCode, Json<NodeView>)> {
     let spec = node_spec(&fields)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let node = Node::new(&id, spec);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    let created = state
-        .store
-        .node_api()
-        .create(&params, &node)
-        .await
-        .map_err(|e| ApiError::kube("create the node", e))?;
-    state.store.nodes.upsert(created.clone());
-    tracing::info!(node = %id, "node created");
+    let created = nodes::create(&state.store, spec).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &created))))
 }
 
-/// A deletion mark older than this is a leftover of a crash and is ignored.
-const MARK_TTL_SECS: i64 = 30;
-
-/// Whether a node delete is under way (a fresh deletion mark).
-pub fn being_deleted(node: &Node) -> bool {
-    node.annotations()
-        .get(ANNOTATION_DELETING)
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .is_some_and(|t| {
-            k8s_openapi::jiff::Timestamp::now()
-                .duration_since(t)
-                .as_secs()
-                < MARK_TTL_SECS
-        })
-}
-
-async fn set_mark(state: &AppState, id: &str, mark: Option<String>) -> Result<(), kube::Error> {
-    let patch = json!({ "metadata": { "annotations": { ANNOTATION_DELETING: mark } } });
-    state
-        .store
-        .node_api()
-        .patch(id, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
-}
-
-/// Removes a node that holds no instance. Marks it first, then asks the API
-/// server (not the cache) for its instances, then deletes it: a deploy racing
-/// this either shows up in that list (and the delete gives up) or sees the mark
-/// and waits for the outcome (see instances::deploy).
+/// Removes a node that holds no instance (see [`nodes::delete`] for how a deploy
+/// racing it is decided).
 #[utoipa::path(delete, path = "/api/nodes/delete", tag = "nodes",
     request_body(content = super::openapi::DeleteNodeDoc, content_type = "application/json"),
     responses((status = 201, description = "Node deleted", body = super::openapi::MessageDoc),
@@ -269,57 +223,7 @@ pub async fn remove(
     fields: Fields,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = fields.required_text("nodeId", 253)?;
-    let node: Arc<Node> = state
-        .store
-        .nodes
-        .get(&id)
-        .ok_or_else(|| ApiError::bad_request("Node not found"))?;
-    if !state.store.instances.by_index(INDEX_NODE, &id).is_empty() {
-        return Err(ApiError::bad_request("There are instances on the node"));
-    }
-    match set_mark(
-        &state,
-        &id,
-        Some(k8s_openapi::jiff::Timestamp::now().to_string()),
-    )
-    .await
-    {
-        Ok(()) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            return Err(ApiError::bad_request("Node not found"));
-        }
-        Err(e) => return Err(ApiError::kube("mark the node for deletion", e)),
-    }
-    let selector = format!("{LABEL_NODE}={id}");
-    let on_node = state
-        .store
-        .instance_api()
-        .list(&ListParams::default().labels(&selector).limit(1))
-        .await
-        .map_err(|e| ApiError::kube("list the node's instances", e))?;
-    if !on_node.items.is_empty() {
-        if let Err(e) = set_mark(&state, &id, None).await {
-            tracing::warn!(node = %id, error = %e, "failed to clear a deletion mark; it expires by itself");
-        }
-        return Err(ApiError::bad_request("There are instances on the node"));
-    }
-    // Delete this very node (uid), not one re-created under the same name meanwhile.
-    let params = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: node.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match state.store.node_api().delete(&id, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-            return Err(ApiError::bad_request("Node not found"));
-        }
-        Err(e) => return Err(ApiError::kube("delete the node", e)),
-    }
-    state.store.nodes.remove(&node);
-    tracing::info!(node = %id, "node deleted");
+    nodes::delete(&state.store, &id).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "message": "Node deleted" })),

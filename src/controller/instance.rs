@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
@@ -69,19 +68,33 @@ pub fn pod_action(
     PodAction::Keep
 }
 
-/// Reconciles one Instance.
-pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = &ctx.namespace;
-    let name = inst.name_any();
-    // Pods are written as full Pods and read back as what the controller keeps.
-    let pods: Api<ObservedPod> = Api::namespaced(ctx.client.clone(), ns);
-    let existing = ctx.pods.get(&ObjectRef::new(&name).within(ns));
+/// Where an Instance's Pod goes and what it runs, as read from the informers.
+struct Placed {
+    /// The Kubernetes node to pin to, when exactly one is known.
+    kube_node: Option<String>,
+    /// The catalog entry, when the image is in the catalog.
+    image: Option<Arc<crate::store::catalog::Image>>,
+}
 
-    // Read: the Berth Node, the Kubernetes node it stands for, the catalog image.
+/// Reconciles one Instance: read → converge the Pod → write the status.
+pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (placed, seen) = read(&inst, &ctx);
+    let existing = ctx.store.pods.get(&inst.name_any());
+    let (pod, invalid) = converge_pod(&inst, &ctx, &placed, existing).await?;
+    let obs = Observed {
+        pod: pod.as_deref(),
+        invalid,
+        ..seen
+    };
+    write_status(&inst, &ctx, &obs).await
+}
+
+/// Reads the Berth Node, the Kubernetes node it stands for and the catalog image,
+/// and what the status says of them (why the Instance cannot be placed, if so).
+fn read(inst: &Instance, ctx: &Context) -> (Placed, Observed<'static>) {
     let mut obs = Observed::default();
-    let berth_node = ctx.nodes.get(&ObjectRef::new(&inst.spec.node).within(ns));
-    let kube_nodes = ctx.kube_nodes.state();
-    let kube_node = match &berth_node {
+    let store = &ctx.store;
+    let kube_node = match store.nodes.get(&inst.spec.node) {
         None => {
             obs.unplaceable = Some((
                 "NodeNotFound",
@@ -91,22 +104,13 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
         }
         Some(n) => {
             obs.node_address = Some(n.spec.address.clone());
-            match node::resolve(&n.spec, &kube_nodes) {
-                Some(k) => {
-                    obs.kube_node_ready = node::is_ready(k);
-                    Some(k.name_any())
-                }
-                None => {
-                    let why = match &n.spec.kubernetes_node {
-                        Some(k) => format!("Kubernetes node {k} does not exist"),
-                        None => format!(
-                            "no Kubernetes node has the name or address {}",
-                            n.spec.address
-                        ),
-                    };
-                    obs.unplaceable = Some(("NoKubernetesNode", why));
-                    None
-                }
+            let placement = store.placement(&n);
+            if let Some(k) = placement.node() {
+                obs.kube_node_ready = node::is_ready(k);
+                Some(k.name_any())
+            } else {
+                obs.unplaceable = placement.problem(&n.spec);
+                None
             }
         }
     };
@@ -115,92 +119,128 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
         .spec
         .image_name
         .as_deref()
-        .and_then(|n| ctx.catalog.find(n))
-        .or_else(|| ctx.catalog.find(&inst.spec.image))
+        .and_then(|n| store.catalog.find(n))
+        .or_else(|| store.catalog.find(&inst.spec.image))
         .map(|(image, _)| image);
+    (Placed { kube_node, image }, obs)
+}
 
-    // Build and apply.
-    let mut current = existing.clone();
-    match (
-        pod_action(&inst, existing.as_deref(), kube_node.as_deref()),
-        existing.as_deref(),
-    ) {
-        (PodAction::Keep, _) | (PodAction::Delete(_), None) => {}
-        (PodAction::Delete(reason), Some(old)) => {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: old.uid(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match pods.delete(&name, &params).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(Error::DeletePod(e)),
+/// Makes the Pod what it should be (kept, created, or deleted to be recreated);
+/// returns the Pod as it now is, and why none can be built, if so.
+async fn converge_pod(
+    inst: &Instance,
+    ctx: &Context,
+    placed: &Placed,
+    existing: Option<Arc<ObservedPod>>,
+) -> Result<(Option<Arc<ObservedPod>>, Option<String>), Error> {
+    match pod_action(inst, existing.as_deref(), placed.kube_node.as_deref()) {
+        PodAction::Keep => Ok((existing, None)),
+        PodAction::Delete(reason) => {
+            if let Some(old) = existing {
+                delete_pod(inst, ctx, &old, reason).await?;
             }
-            let note = match reason {
-                "Suspended" => "suspended: Pod deleted".to_owned(),
-                "PodEnded" => "the Pod ended; recreating it".to_owned(),
-                other => format!("{other}: recreating the Pod"),
-            };
-            ctx.event(&inst, Happening::new(EventType::Normal, "PodDeleted", note));
-            current = None;
+            Ok((None, None))
         }
-        (PodAction::Create, _) => {
-            let kube_node = kube_node.as_deref().unwrap_or_default();
-            match pod::build_pod(&inst, kube_node, image.as_deref(), &ctx.settings) {
+        PodAction::Create => {
+            let kube_node = placed.kube_node.as_deref().unwrap_or_default();
+            match pod::build_pod(inst, kube_node, placed.image.as_deref(), &ctx.settings) {
                 Ok(desired) => {
-                    if let Some(claim) = pod::build_claim(&inst, &ctx.settings) {
-                        let claims: Api<PersistentVolumeClaim> =
-                            Api::namespaced(ctx.client.clone(), ns);
-                        claims
-                            .patch(
-                                &pod::claim_name(&inst),
-                                &PatchParams::apply(FIELD_MANAGER).force(),
-                                &Patch::Apply(&claim),
-                            )
-                            .await
-                            .map_err(Error::ApplyClaim)?;
-                    }
-                    let created = pods
-                        .patch(
-                            &name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&desired),
-                        )
-                        .await
-                        .map_err(Error::ApplyPod)?;
-                    info!(instance = %name, node = %kube_node, "pod created");
-                    let note = if inst
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.pod_name.as_ref())
-                        .is_some()
-                    {
-                        format!("Pod recreated, pinned to {kube_node}")
-                    } else {
-                        format!("Pod created, pinned to {kube_node}")
-                    };
-                    let what = Happening::new(EventType::Normal, REASON_POD_CREATED, note);
-                    // While the status is on its way to Running, the creation is
-                    // told with the next state written (one Event, not two).
-                    if inst.status.as_ref().is_none_or(status::is_on_the_way) {
-                        ctx.hold(&name, what);
-                    } else {
-                        ctx.event(&inst, what);
-                    }
-                    current = Some(Arc::new(created));
+                    let made = create_pod(inst, ctx, kube_node, desired).await?;
+                    Ok((Some(made), None))
                 }
-                Err(e @ BuildError::InstallPath(_)) => obs.invalid = Some(e.to_string()),
+                Err(e @ BuildError::InstallPath(_)) => Ok((None, Some(e.to_string()))),
             }
         }
     }
+}
 
-    // Status.
-    obs.pod = current.as_deref();
+/// Deletes this very Pod (uid precondition) and says why.
+async fn delete_pod(
+    inst: &Instance,
+    ctx: &Context,
+    old: &ObservedPod,
+    reason: &'static str,
+) -> Result<(), Error> {
+    let pods: Api<ObservedPod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: old.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(&inst.name_any(), &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(e) => return Err(Error::DeletePod(e)),
+    }
+    let note = match reason {
+        "Suspended" => "suspended: Pod deleted".to_owned(),
+        "PodEnded" => "the Pod ended; recreating it".to_owned(),
+        other => format!("{other}: recreating the Pod"),
+    };
+    ctx.event(inst, Happening::new(EventType::Normal, "PodDeleted", note));
+    Ok(())
+}
+
+/// Applies the volume claim (when one is configured) and the Pod; tells it.
+async fn create_pod(
+    inst: &Instance,
+    ctx: &Context,
+    kube_node: &str,
+    desired: k8s_openapi::api::core::v1::Pod,
+) -> Result<Arc<ObservedPod>, Error> {
+    let name = inst.name_any();
+    if let Some(claim) = pod::build_claim(inst, &ctx.settings) {
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &ctx.namespace);
+        claims
+            .patch(
+                &pod::claim_name(inst),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&claim),
+            )
+            .await
+            .map_err(Error::ApplyClaim)?;
+    }
+    // Pods are written as full Pods and read back as what the controller keeps.
+    let pods: Api<ObservedPod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let created = pods
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(Error::ApplyPod)?;
+    info!(instance = %name, node = %kube_node, "pod created");
+    let recreated = inst
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_name.as_ref())
+        .is_some();
+    let note = if recreated {
+        format!("Pod recreated, pinned to {kube_node}")
+    } else {
+        format!("Pod created, pinned to {kube_node}")
+    };
+    let what = Happening::new(EventType::Normal, REASON_POD_CREATED, note);
+    // While the status is on its way to Running, the creation is told with the
+    // next state written (one Event, not two).
+    if inst.status.as_ref().is_none_or(status::is_on_the_way) {
+        ctx.hold(&name, what);
+    } else {
+        ctx.event(inst, what);
+    }
+    Ok(Arc::new(created))
+}
+
+/// Writes the status when it changed, unless it is a step on the way to Running
+/// that has not lasted (see [`status::may_wait`]).
+async fn write_status(inst: &Instance, ctx: &Context, obs: &Observed<'_>) -> Result<Action, Error> {
+    let name = inst.name_any();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = status::derive(&inst, &obs, &now);
+    let status = status::derive(inst, obs, &now);
     if inst.status.as_ref() != Some(&status) {
         if status::may_wait(inst.status.as_ref(), &status) {
             let waited = ctx.settling(&name);
@@ -209,7 +249,7 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
             }
         }
         let held = ctx.settled(&name);
-        let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
+        let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let patch =
             json!({ "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "status": status });
         api.patch_status(
@@ -219,10 +259,10 @@ pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action,
         )
         .await
         .map_err(Error::PatchInstanceStatus)?;
-        announce(&ctx, &inst, inst.status.as_ref(), &status, held);
+        announce(ctx, inst, inst.status.as_ref(), &status, held);
     }
     // Changes wake the controller; the periodic look is a safety net only (it
-    // reads caches and writes nothing when nothing changed).
+    // reads informers and writes nothing when nothing changed).
     Ok(Action::requeue(RESYNC))
 }
 

@@ -1,7 +1,8 @@
 //! The controllers. The Instance controller turns each Instance into a Pod pinned to
 //! its node and keeps the Instance's status true; the Node controller keeps each
-//! Berth Node's status. Both read shared, watched caches (one watch per kind) and
-//! write only when something changed, so a steady state makes no writes.
+//! Berth Node's status. Both are fed by the informers the REST API reads too (one
+//! watch per kind, see [`crate::store`]), and write only when something changed,
+//! so a steady state makes no writes.
 
 pub mod events;
 pub mod instance;
@@ -16,21 +17,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node as KubeNode;
-use kube::api::Api;
+use futures::{Stream, StreamExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use observed::ObservedPod;
 use tracing::{info, warn};
 
 use crate::crd::{Instance, Node};
 use crate::metrics;
-use crate::names::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::names::MANAGED_BY;
 use crate::serve::Shutdown;
-use crate::store::catalog::Catalog;
+use crate::store::{INDEX_NODE, Store};
 pub use pod::PodSettings;
 
 /// Why a reconcile failed; named after the action that failed.
@@ -53,6 +50,18 @@ pub enum Error {
     PatchNodeStatus(#[source] kube::Error),
 }
 
+impl Error {
+    fn source_error(&self) -> &kube::Error {
+        match self {
+            Self::ApplyPod(e)
+            | Self::DeletePod(e)
+            | Self::ApplyClaim(e)
+            | Self::PatchInstanceStatus(e)
+            | Self::PatchNodeStatus(e) => e,
+        }
+    }
+}
+
 /// An Instance whose status waits to be written.
 struct Settling {
     /// Since when.
@@ -63,22 +72,14 @@ struct Settling {
 
 /// What every reconcile reads and writes through.
 pub struct Context {
-    /// Client for writes.
+    /// Client for writes (refused unless this process leads; see [`leader::Gate`]).
     pub client: Client,
     /// The namespace Berth owns.
     pub namespace: String,
     /// Operator-wide Pod settings.
     pub settings: PodSettings,
-    /// The image catalog.
-    pub catalog: Catalog,
-    /// Instances (watched).
-    pub instances: Store<Instance>,
-    /// Instance Pods (watched).
-    pub pods: Store<ObservedPod>,
-    /// Berth Nodes (watched).
-    pub nodes: Store<Node>,
-    /// Kubernetes nodes (watched).
-    pub kube_nodes: Store<KubeNode>,
+    /// The informers (shared with the REST API).
+    pub store: Store,
     /// Publishes Events.
     pub events: events::Events,
     /// Consecutive failures per object, for backoff.
@@ -94,6 +95,13 @@ impl Context {
         let n = f.entry(key).or_insert(0);
         *n = n.saturating_add(1);
         *n
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     /// How long the status of Instance `name` has waited to be written.
@@ -132,37 +140,11 @@ impl Context {
             .map(|s| s.held)
             .unwrap_or_default()
     }
-
-    fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-    }
 }
 
 /// Backoff after `failures` consecutive failures: 1 s doubling to 5 minutes.
 pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
-}
-
-/// What of a Berth Node decides where its instances' Pods go.
-type Placement = (Option<i64>, Option<String>, Option<crate::crd::NodeState>);
-
-fn placement_of(node: &Node) -> Placement {
-    let status = node.status.as_ref();
-    (
-        node.metadata.generation,
-        status.and_then(|s| s.kubernetes_node.clone()),
-        status.and_then(|s| s.state),
-    )
-}
-
-/// A channel's receiving end as a stream.
-fn receive<T: Send + 'static>(
-    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
@@ -176,14 +158,8 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     err: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let source = match err {
-        Error::ApplyPod(e)
-        | Error::DeletePod(e)
-        | Error::ApplyClaim(e)
-        | Error::PatchInstanceStatus(e)
-        | Error::PatchNodeStatus(e) => e,
-    };
-    let permanent = matches!(source, kube::Error::Api(s) if s.code == 400 || s.code == 422);
+    let permanent =
+        matches!(err.source_error(), kube::Error::Api(s) if s.code == 400 || s.code == 422);
     warn!(object = %key(obj.as_ref()), error = %err, permanent, "reconcile failed");
     if permanent {
         return Action::await_change();
@@ -215,8 +191,6 @@ where
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Namespace Berth owns.
-    pub namespace: String,
     /// Pod settings.
     pub pods: PodSettings,
     /// How many Instances reconcile at once.
@@ -225,210 +199,126 @@ pub struct Config {
     pub identity: String,
 }
 
-/// A shared reflector of `K`: a watch feeding a store, fanned out to subscribers.
-fn shared<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    reflector::store::Writer<K>,
-    watcher::Config,
-    Api<K>,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store_shared(1024);
-    (reader, writer, config, api)
+/// What of a Berth Node decides where its instances' Pods go.
+type Placement = (Option<i64>, Option<String>, Option<crate::crd::NodeState>);
+
+fn placement_of(node: &Node) -> Placement {
+    let status = node.status.as_ref();
+    (
+        node.metadata.generation,
+        status.and_then(|s| s.kubernetes_node.clone()),
+        status.and_then(|s| s.state),
+    )
 }
 
-/// Runs both controllers until `shutdown` resolves.
-pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shutdown) {
-    let ns = config.namespace.clone();
-    let managed = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
-    let (instances, instances_w, instances_cfg, instances_api) = shared(
-        Api::<Instance>::namespaced(client.clone(), &ns),
-        watcher::Config::default(),
-    );
-    let (pods, pods_w, pods_cfg, pods_api) = shared(
-        Api::<ObservedPod>::namespaced(client.clone(), &ns),
-        watcher::Config::default().labels(&managed),
-    );
-    let (nodes, nodes_w, nodes_cfg, nodes_api) = shared(
-        Api::<Node>::namespaced(client.clone(), &ns),
-        watcher::Config::default(),
-    );
-    let (kube_nodes, kube_nodes_w, kube_nodes_cfg, kube_nodes_api) = shared(
-        Api::<KubeNode>::all(client.clone()),
-        watcher::Config::default(),
-    );
+/// References to every Instance on Berth Node `node`.
+fn instances_on(store: &Store, node: &str) -> Vec<ObjectRef<Instance>> {
+    store
+        .instances
+        .by_index(INDEX_NODE, node)
+        .iter()
+        .map(|i| ObjectRef::from_obj(i.as_ref()))
+        .collect()
+}
 
-    // Subscriptions: each controller gets its own handle on each shared stream.
-    // (store_shared writers always hand them out; the else branch is unreachable.)
-    let (
-        Some(inst_for_inst),
-        Some(inst_for_node),
-        Some(pods_for_inst),
-        Some(nodes_for_inst),
-        Some(nodes_for_node),
-        Some(kn_for_node),
-    ) = (
-        instances_w.subscribe(),
-        instances_w.subscribe(),
-        pods_w.subscribe(),
-        nodes_w.subscribe(),
-        nodes_w.subscribe(),
-        kube_nodes_w.subscribe(),
-    )
-    else {
-        warn!("shared watch streams are not subscribable; controllers not started");
-        return;
-    };
+/// Fires once: a controller that starts after the informers synced (a new leader)
+/// looks at everything once.
+fn at_start() -> impl Stream<Item = ()> + Send {
+    futures::stream::once(async {})
+}
 
-    // Managed fields are never read: dropping them saves memory on large fleets.
-    fn slim<K: Resource>(obj: &mut K) {
-        obj.meta_mut().managed_fields = None;
-    }
-    // Shared streams hand subscribers only added or changed objects, so deletions
-    // are routed by hand: a deleted Pod wakes its Instance, a deleted Berth Node its
-    // Instances, a deleted Instance its Node, a deleted Kubernetes node its Nodes.
-    let (inst_tx, inst_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Instance>>();
-    let (node_tx, node_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Node>>();
-    fn on_delete<K: Clone>(
-        f: impl Fn(&K) + Send + 'static,
-    ) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
-        move |ev| {
-            if let watcher::Event::Delete(obj) = ev {
-                f(obj);
-            }
-        }
-    }
-    let tx = inst_tx.clone();
-    let pod_ns = ns.clone();
-    let instances_stream = watcher(instances_api, instances_cfg)
-        .default_backoff()
-        .modify(slim)
-        .inspect_ok(on_delete({
-            let node_tx = node_tx.clone();
-            let ns = ns.clone();
-            move |i: &Instance| {
-                let _ = node_tx.send(ObjectRef::new(&i.spec.node).within(&ns));
-            }
-        }))
-        .reflect_shared(instances_w);
-    let pods_stream = watcher(pods_api, pods_cfg)
-        .default_backoff()
-        .modify(ObservedPod::slim)
-        .inspect_ok(on_delete(move |p: &ObservedPod| {
-            for owner in p.owner_references().iter().filter(|o| o.kind == "Instance") {
-                let _ = tx.send(ObjectRef::new(&owner.name).within(&pod_ns));
-            }
-        }))
-        .reflect_shared(pods_w);
-    let on_node_instances = instances.clone();
-    let nodes_stream = watcher(nodes_api, nodes_cfg)
-        .default_backoff()
-        .modify(slim)
-        .inspect_ok(on_delete(move |n: &Node| {
-            let id = n.name_any();
-            for i in on_node_instances
-                .state()
-                .iter()
-                .filter(|i| i.spec.node == id)
-            {
-                let _ = inst_tx.send(ObjectRef::from_obj(i.as_ref()));
-            }
-        }))
-        .reflect_shared(nodes_w);
-    let nodes_for_deleted = nodes.clone();
-    let kube_nodes_stream = watcher(kube_nodes_api, kube_nodes_cfg)
-        .default_backoff()
-        .modify(|n: &mut KubeNode| {
-            n.metadata.managed_fields = None;
-            if let Some(s) = n.status.as_mut() {
-                s.images = None; // real nodes list every cached image; we never look
-            }
-        })
-        .inspect_ok(on_delete(move |kn: &KubeNode| {
-            for r in node::nodes_for_kube_node(&nodes_for_deleted, kn) {
-                let _ = node_tx.send(r);
-            }
-        }))
-        .reflect_shared(kube_nodes_w);
-    let drain =
-        |s: std::pin::Pin<Box<dyn futures::Stream<Item = ()> + Send>>| s.for_each(|()| async {});
-    let watches = futures::future::join4(
-        drain(instances_stream.map(|_| ()).boxed()),
-        drain(pods_stream.map(|_| ()).boxed()),
-        drain(nodes_stream.map(|_| ()).boxed()),
-        drain(kube_nodes_stream.map(|_| ()).boxed()),
-    );
-
-    let ctx = Arc::new(Context {
-        events: events::Events::new(client.clone(), MANAGED_BY, &config.identity),
-        client,
-        namespace: ns.clone(),
-        settings: config.pods.clone(),
-        catalog,
-        instances: instances.clone(),
-        pods,
-        nodes: nodes.clone(),
-        kube_nodes,
-        failures: Mutex::default(),
-        settling: Mutex::new((HashMap::new(), Instant::now())),
+/// The Instance controller: Instances, their Pods, and the Berth Nodes they run on.
+fn instance_controller(
+    ctx: &Arc<Context>,
+    config: &Config,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send + use<> {
+    let store = ctx.store.clone();
+    let ns = ctx.namespace.clone();
+    // Deletions wake what depended on the object: a deleted Pod its Instance (to
+    // recreate it), a deleted Berth Node its Instances (to say so).
+    let pod_deleted = store.pods.deleted().flat_map(move |p| {
+        let owners: Vec<ObjectRef<Instance>> = p
+            .owner_references()
+            .iter()
+            .filter(|o| o.kind == Instance::kind(&()))
+            .map(|o| ObjectRef::new(&o.name).within(&ns))
+            .collect();
+        futures::stream::iter(owners)
     });
-
-    let by_node = instances.clone();
+    let node_deleted = {
+        let store = store.clone();
+        store
+            .nodes
+            .deleted()
+            .flat_map(move |n| futures::stream::iter(instances_on(&store, &n.name_any())))
+    };
+    // Only what places a Pod concerns the instances of a node: its spec and the
+    // matched Kubernetes node. Allocation counts change with every deploy, and
+    // waking every instance on the node for them would cost O(instances²).
     let last_placement: Mutex<HashMap<String, Placement>> = Mutex::default();
-    let instance_controller = Controller::for_shared_stream(inst_for_inst, instances.clone())
-        .owns_shared_stream(pods_for_inst)
-        .watches_shared_stream(nodes_for_inst, move |node: Arc<Node>| {
-            // Only what places a Pod concerns the instances: the spec and the matched
-            // Kubernetes node. Allocation counts change with every deploy, and waking
-            // every instance on the node for them would cost O(instances²).
-            let id = node.name_any();
-            let placement = placement_of(&node);
-            let changed = last_placement
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.clone(), placement.clone())
-                != Some(placement);
-            if !changed {
-                return Vec::new();
-            }
-            by_node
-                .state()
-                .iter()
-                .filter(|i| i.spec.node == id)
-                .map(|i| ObjectRef::from_obj(i.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .reconcile_on(receive(inst_rx))
+    let by_node = store.clone();
+    let node_changed = move |node: Arc<Node>| {
+        let id = node.name_any();
+        let placement = placement_of(&node);
+        let changed = last_placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), placement.clone())
+            != Some(placement);
+        if changed {
+            instances_on(&by_node, &id)
+        } else {
+            Vec::new()
+        }
+    };
+    Controller::for_shared_stream(store.instances.applied(), store.instances.reader())
+        .owns_shared_stream(store.pods.applied())
+        .watches_shared_stream(store.nodes.applied(), node_changed)
+        .reconcile_on(futures::stream::select(pod_deleted, node_deleted))
+        .reconcile_all_on(at_start())
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
-        .graceful_shutdown_on(shutdown.clone().wait())
+        .graceful_shutdown_on(shutdown.wait())
         .run(
             |obj, ctx| counted("instance", obj, ctx, instance::reconcile),
             error_policy,
             ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+}
 
-    let node_ns = ns.clone();
-    let nodes_for_kube = nodes.clone();
-    let node_controller = Controller::for_shared_stream(nodes_for_node, nodes)
-        .watches_shared_stream(kn_for_node, move |kn: Arc<KubeNode>| {
-            node::nodes_for_kube_node(&nodes_for_kube, &kn)
+/// The Node controller: Berth Nodes, the Kubernetes nodes they stand for, and the
+/// Instances placed on them (for the allocation).
+fn node_controller(
+    ctx: &Arc<Context>,
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send + use<> {
+    let store = ctx.store.clone();
+    let ns = ctx.namespace.clone();
+    let for_kube = store.clone();
+    let kube_node_deleted = {
+        let store = store.clone();
+        store
+            .kube_nodes
+            .deleted()
+            .flat_map(move |kn| futures::stream::iter(node::nodes_for_kube_node(&store, &kn)))
+    };
+    let instance_deleted = {
+        let ns = ns.clone();
+        store
+            .instances
+            .deleted()
+            .map(move |i| ObjectRef::<Node>::new(&i.spec.node).within(&ns))
+    };
+    Controller::for_shared_stream(store.nodes.applied(), store.nodes.reader())
+        .watches_shared_stream(store.kube_nodes.applied(), move |kn| {
+            node::nodes_for_kube_node(&for_kube, &kn)
         })
-        .watches_shared_stream(inst_for_node, move |inst: Arc<Instance>| {
-            Some(ObjectRef::<Node>::new(&inst.spec.node).within(&node_ns))
+        .watches_shared_stream(store.instances.applied(), move |inst: Arc<Instance>| {
+            Some(ObjectRef::<Node>::new(&inst.spec.node).within(&ns))
         })
-        .reconcile_on(receive(node_rx))
+        .reconcile_on(futures::stream::select(kube_node_deleted, instance_deleted))
+        .reconcile_all_on(at_start())
         // Coalesce bursts: during a wave of deploys the allocation is written once a
         // second per node, not once per deploy.
         .with_config(
@@ -436,20 +326,33 @@ pub async fn run(client: Client, catalog: Catalog, config: Config, shutdown: Shu
                 .concurrency(4)
                 .debounce(Duration::from_millis(300)),
         )
-        .graceful_shutdown_on(shutdown.clone().wait())
+        .graceful_shutdown_on(shutdown.wait())
         .run(
             |obj, ctx| counted("node", obj, ctx, node::reconcile),
             error_policy,
-            ctx,
+            ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+}
 
-    info!(namespace = %ns, "controllers running");
-    tokio::select! {
-        _ = futures::future::join(instance_controller, node_controller) => {}
-        _ = watches => {}
-        () = shutdown.wait() => {}
-    }
+/// Runs both controllers until `shutdown` resolves. `client` makes their writes;
+/// `store` is the process's informers (the Instance, Node, Kubernetes node and
+/// Pod watches must run).
+pub async fn run(client: Client, store: Store, config: Config, shutdown: Shutdown) {
+    let namespace = store.namespace.clone();
+    let ctx = Arc::new(Context {
+        events: events::Events::new(client.clone(), MANAGED_BY, &config.identity),
+        client,
+        namespace: namespace.clone(),
+        settings: config.pods.clone(),
+        store,
+        failures: Mutex::default(),
+        settling: Mutex::new((HashMap::new(), Instant::now())),
+    });
+    let instances = instance_controller(&ctx, &config, shutdown.clone());
+    let nodes = node_controller(&ctx, shutdown.clone());
+    info!(%namespace, "controllers running");
+    futures::future::join(instances, nodes).await;
     info!("controllers stopped");
 }
 

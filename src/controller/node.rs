@@ -7,13 +7,15 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, Error};
-use crate::crd::{Instance, Node, NodeResources, NodeSpec, NodeState, NodeStatus};
+use crate::crd::{Instance, Node, NodeResources, NodeState, NodeStatus};
 use crate::names::FIELD_MANAGER;
+use crate::store::placement::{self, Placement};
+use crate::store::{INDEX_NODE, Store};
 
 /// Parses a CPU quantity (`2`, `500m`, `1.5`) into cores.
 pub fn cpu_cores(q: &str) -> Option<f64> {
@@ -47,23 +49,6 @@ pub fn memory_mib(q: &str) -> Option<i64> {
     Some((n * factor / (1024.0 * 1024.0)).floor() as i64)
 }
 
-/// The Kubernetes node a Berth Node stands for: the named one when `kubernetesNode`
-/// is set, else the one whose name or one of whose addresses equals `address`.
-pub fn resolve<'a>(spec: &NodeSpec, kube_nodes: &'a [Arc<KubeNode>]) -> Option<&'a Arc<KubeNode>> {
-    if let Some(name) = &spec.kubernetes_node {
-        return kube_nodes.iter().find(|n| n.name_any() == *name);
-    }
-    let by_name = kube_nodes.iter().find(|n| n.name_any() == spec.address);
-    by_name.or_else(|| {
-        kube_nodes.iter().find(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .is_some_and(|a| a.iter().any(|a| a.address == spec.address))
-        })
-    })
-}
-
 /// Whether a Kubernetes node is Ready (None: it does not say).
 pub fn is_ready(node: &KubeNode) -> Option<bool> {
     let ready = node
@@ -80,38 +65,27 @@ pub fn is_ready(node: &KubeNode) -> Option<bool> {
     }
 }
 
-/// The status of a Berth Node.
-pub fn node_status(
-    node: &Node,
-    kube: Option<&KubeNode>,
-    instances: &[Arc<Instance>],
-) -> NodeStatus {
-    let id = node.name_any();
-    let mine: Vec<&Arc<Instance>> = instances.iter().filter(|i| i.spec.node == id).collect();
-    let running: Vec<&&Arc<Instance>> = mine.iter().filter(|i| !i.spec.suspended).collect();
+/// The status of a Berth Node placed by `placement`, holding `instances` (pure).
+pub fn node_status(node: &Node, placement: &Placement, instances: &[Arc<Instance>]) -> NodeStatus {
+    let running: Vec<&Arc<Instance>> = instances.iter().filter(|i| !i.spec.suspended).collect();
     let allocated = NodeResources {
         cpu: (running.iter().map(|i| i.spec.cpu).sum::<f64>() * 1000.0).round() / 1000.0,
         memory: running.iter().map(|i| i.spec.memory).sum(),
     };
-    let (state, message) = match kube {
-        None => (
-            NodeState::Unknown,
-            Some(match &node.spec.kubernetes_node {
-                Some(n) => format!("Kubernetes node {n} does not exist"),
-                None => format!(
-                    "no Kubernetes node has the name or address {}",
-                    node.spec.address
-                ),
-            }),
-        ),
-        Some(k) => match is_ready(k) {
-            Some(true) => (NodeState::Online, None),
+    let kube = placement.node();
+    let (state, reason, message) = match (kube, placement.problem(&node.spec)) {
+        (_, Some((reason, why))) => (NodeState::Unknown, Some(reason.to_owned()), Some(why)),
+        (None, None) => (NodeState::Unknown, None, None),
+        (Some(k), None) => match is_ready(k) {
+            Some(true) => (NodeState::Online, None, None),
             Some(false) => (
                 NodeState::Offline,
+                Some("NotReady".to_owned()),
                 Some(format!("Kubernetes node {} is not Ready", k.name_any())),
             ),
             None => (
                 NodeState::Unknown,
+                Some("ReadinessUnknown".to_owned()),
                 Some(format!(
                     "Kubernetes node {} reports no readiness",
                     k.name_any()
@@ -133,20 +107,22 @@ pub fn node_status(
         });
     NodeStatus {
         state: Some(state),
+        reason,
         message,
         kubernetes_node: kube.map(|k| k.name_any()),
         capacity,
         allocated: Some(allocated),
-        instances: i32::try_from(mine.len()).unwrap_or(i32::MAX),
+        instances: i32::try_from(instances.len()).unwrap_or(i32::MAX),
         observed_generation: node.meta().generation,
     }
 }
 
 /// Reconciles one Berth Node: writes its status when it changed.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let kube_nodes = ctx.kube_nodes.state();
-    let kube = resolve(&node.spec, &kube_nodes);
-    let status = node_status(&node, kube.map(|k| k.as_ref()), &ctx.instances.state());
+    let store = &ctx.store;
+    let placement = store.placement(&node);
+    let instances = store.instances.by_index(INDEX_NODE, &node.name_any());
+    let status = node_status(&node, &placement, &instances);
     if node.status.as_ref() != Some(&status) {
         let api: Api<Node> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let patch = json!({ "apiVersion": "berth.dev/v1alpha1", "kind": "Node", "status": status });
@@ -162,28 +138,16 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
 }
 
 /// Which Berth Nodes a change of a Kubernetes node concerns.
-pub fn nodes_for_kube_node(
-    nodes: &Store<Node>,
-    kube: &KubeNode,
-) -> Vec<kube::runtime::reflector::ObjectRef<Node>> {
-    let name = kube.name_any();
-    let addresses: Vec<String> = kube
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| a.iter().map(|a| a.address.clone()).collect())
-        .unwrap_or_default();
-    nodes
+pub fn nodes_for_kube_node(store: &Store, kube: &KubeNode) -> Vec<ObjectRef<Node>> {
+    store
+        .nodes
         .state()
         .iter()
         .filter(|n| {
-            n.spec.kubernetes_node.as_deref() == Some(name.as_str())
-                || n.spec.address == name
-                || addresses.contains(&n.spec.address)
-                || n.status.as_ref().and_then(|s| s.kubernetes_node.as_deref())
-                    == Some(name.as_str())
+            let matched = n.status.as_ref().and_then(|s| s.kubernetes_node.as_deref());
+            placement::concerns(&n.spec, matched, kube)
         })
-        .map(|n| kube::runtime::reflector::ObjectRef::from_obj(n.as_ref()))
+        .map(|n| ObjectRef::from_obj(n.as_ref()))
         .collect()
 }
 
@@ -238,36 +202,6 @@ mod tests {
     }
 
     #[test]
-    fn nodes_resolve_by_explicit_name_then_name_then_address() {
-        let kube = [
-            kube_node("kwok-node-1", "127.0.10.1", "True"),
-            kube_node("kwok-node-2", "127.0.10.2", "True"),
-        ];
-        let name = |n: Option<&Arc<KubeNode>>| n.map(|n| n.name_any());
-        assert_eq!(
-            name(resolve(&node("127.0.10.2", None).spec, &kube)).as_deref(),
-            Some("kwok-node-2")
-        );
-        assert_eq!(
-            name(resolve(&node("kwok-node-1", None).spec, &kube)).as_deref(),
-            Some("kwok-node-1")
-        );
-        assert_eq!(
-            name(resolve(
-                &node("127.0.10.2", Some("kwok-node-1")).spec,
-                &kube
-            ))
-            .as_deref(),
-            Some("kwok-node-1")
-        );
-        assert_eq!(name(resolve(&node("10.9.9.9", None).spec, &kube)), None);
-        assert_eq!(
-            name(resolve(&node("127.0.10.1", Some("gone")).spec, &kube)),
-            None
-        );
-    }
-
-    #[test]
     fn status_follows_readiness_and_sums_allocations() {
         let n = node("127.0.10.1", None);
         let instances = [
@@ -275,11 +209,8 @@ mod tests {
             instance(2048, 1.25, false),
             instance(4096, 2.0, true),
         ];
-        let s = node_status(
-            &n,
-            Some(&kube_node("kwok-node-1", "127.0.10.1", "True")),
-            &instances,
-        );
+        let on = |ready| Placement::On(kube_node("kwok-node-1", "127.0.10.1", ready));
+        let s = node_status(&n, &on("True"), &instances);
         assert_eq!(s.state, Some(NodeState::Online));
         assert_eq!(s.instances, 3);
         assert_eq!(
@@ -297,14 +228,32 @@ mod tests {
                 memory: 262_144
             })
         );
-        let s = node_status(
-            &n,
-            Some(&kube_node("kwok-node-1", "127.0.10.1", "False")),
-            &instances,
-        );
+        let s = node_status(&n, &on("False"), &instances);
         assert_eq!(s.state, Some(NodeState::Offline));
-        let s = node_status(&n, None, &[]);
+        assert_eq!(s.reason.as_deref(), Some("NotReady"));
+        let missing = placement::resolve(&n.spec, &[]);
+        let s = node_status(&n, &missing, &[]);
         assert_eq!((s.state, s.instances), (Some(NodeState::Unknown), 0));
         assert!(s.message.is_some_and(|m| m.contains("127.0.10.1")));
+        assert_eq!(s.reason.as_deref(), Some(placement::REASON_MISSING));
+    }
+
+    #[test]
+    fn a_node_whose_address_several_nodes_share_is_unknown_naming_them() {
+        let n = node("127.0.0.1", None);
+        let both = [
+            kube_node("kwok-node-1", "127.0.0.1", "True"),
+            kube_node("kwok-node-2", "127.0.0.1", "True"),
+        ];
+        let s = node_status(&n, &placement::resolve(&n.spec, &both), &[]);
+        assert_eq!(s.state, Some(NodeState::Unknown));
+        assert_eq!(s.reason.as_deref(), Some(placement::REASON_AMBIGUOUS));
+        assert!(
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("kwok-node-1, kwok-node-2")),
+            "{s:?}"
+        );
+        assert_eq!(s.kubernetes_node, None, "never pinned to the first match");
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use serde::Deserialize;
 
 use super::pod::ANNOTATION_GENERATION;
-use crate::names::LABEL_HOSTNAME;
+use crate::names::FIELD_NODE_NAME;
 
 /// A Pod as the controller sees it (the same JSON, fewer fields).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -119,7 +119,7 @@ impl ObservedPod {
     }
 }
 
-/// The node a required node affinity on `kubernetes.io/hostname` pins to.
+/// The node a required node affinity on the node's name pins to.
 pub fn pinned_node(affinity: Option<&Affinity>) -> Option<&str> {
     affinity?
         .node_affinity
@@ -128,10 +128,10 @@ pub fn pinned_node(affinity: Option<&Affinity>) -> Option<&str> {
         .as_ref()?
         .node_selector_terms
         .first()?
-        .match_expressions
+        .match_fields
         .as_ref()?
         .iter()
-        .find(|e| e.key == LABEL_HOSTNAME)?
+        .find(|e| e.key == FIELD_NODE_NAME)?
         .values
         .as_ref()?
         .first()
@@ -152,7 +152,7 @@ mod tests {
                           "managedFields": [{ "manager": "berth" }] },
             "spec": { "nodeName": "kwok-node-1", "containers": [{ "name": "server", "image": "i" }],
                       "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
-                          { "matchExpressions": [{ "key": LABEL_HOSTNAME, "operator": "In", "values": ["kwok-node-1"] }] }] } } } },
+                          { "matchFields": [{ "key": FIELD_NODE_NAME, "operator": "In", "values": ["kwok-node-1"] }] }] } } } },
             "status": { "phase": "Running", "hostIP": "127.0.10.1", "podIP": "10.0.0.1", "qosClass": "Guaranteed",
                         "conditions": [{ "type": "Initialized", "status": "True" }, { "type": "Ready", "status": "True" },
                                        { "type": "PodScheduled", "status": "True" }],

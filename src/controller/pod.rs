@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 
 use crate::crd::Instance;
-use crate::names::{LABEL_HOSTNAME, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
+use crate::names::{FIELD_NODE_NAME, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
 use crate::store::catalog::Image;
 
 /// Where the game server's data lives in its containers.
@@ -392,13 +392,15 @@ pub fn build_pod(
             affinity: Some(Affinity {
                 node_affinity: Some(NodeAffinity {
                     required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        // By name, as the DaemonSet controller pins: the hostname
+                        // label need not equal the node's name.
                         node_selector_terms: vec![NodeSelectorTerm {
-                            match_expressions: Some(vec![NodeSelectorRequirement {
-                                key: LABEL_HOSTNAME.into(),
+                            match_expressions: None,
+                            match_fields: Some(vec![NodeSelectorRequirement {
+                                key: FIELD_NODE_NAME.into(),
                                 operator: "In".into(),
                                 values: Some(vec![kube_node.to_owned()]),
                             }]),
-                            match_fields: None,
                         }],
                     }),
                     preferred_during_scheduling_ignored_during_execution: None,

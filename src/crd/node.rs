@@ -5,8 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A node as the panel registered it. Berth places instances on the Kubernetes
-/// node it stands for: `kubernetesNode` when set, else the node whose name or
-/// address equals `address`.
+/// node it stands for: `kubernetesNode` when set, else the one node whose name or
+/// address equals `address` (never a guess among several).
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "berth.dev",
@@ -74,10 +74,15 @@ pub struct NodeSpec {
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     /// Online when the Kubernetes node is Ready, Offline when it is not, Unknown when
-    /// no Kubernetes node matches.
+    /// no Kubernetes node matches or several do (deploys to it are then refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<NodeState>,
-    /// Why the node is in its state, when it is not Online.
+    /// Why the node is in its state, when it is not Online, in one word:
+    /// NoKubernetesNode, AmbiguousAddress, NotReady or ReadinessUnknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why the node is in its state, when it is not Online, for people (an
+    /// ambiguous address names every Kubernetes node it matches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Name of the Kubernetes node this node was matched to.
@@ -114,6 +119,6 @@ pub enum NodeState {
     Online,
     /// The Kubernetes node exists but is not Ready.
     Offline,
-    /// No Kubernetes node matches, or its readiness is unknown.
+    /// No Kubernetes node matches, several do, or its readiness is unknown.
     Unknown,
 }

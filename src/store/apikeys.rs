@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::cache::Cache;
+use super::informer::Informer;
 use crate::names::{LABEL_MANAGED_BY, MANAGED_BY, SECRET_TYPE_API_KEY};
 
 /// Data key of the key's SHA-256 (hex) in its Secret.
@@ -73,12 +73,12 @@ pub fn secret(name: &str, key: &str) -> Secret {
 /// Checks presented keys against the cached key Secrets.
 #[derive(Clone)]
 pub struct KeyChecker {
-    cache: Cache<Secret>,
+    cache: Informer<Secret>,
 }
 
 impl KeyChecker {
     /// A checker reading `cache` (the API key Secrets).
-    pub fn new(cache: Cache<Secret>) -> Self {
+    pub fn new(cache: Informer<Secret>) -> Self {
         Self { cache }
     }
 
@@ -88,7 +88,7 @@ impl KeyChecker {
     pub fn verify(&self, key: &str) -> bool {
         let presented = digest(key);
         let mut found = subtle::Choice::from(0);
-        for secret in self.cache.list() {
+        for secret in self.cache.state() {
             if let Some(stored) = secret.data.as_ref().and_then(|d| d.get(KEY_SHA256)) {
                 found |= stored.0.as_slice().ct_eq(presented.as_bytes());
             }
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn verify_accepts_stored_keys_only() {
-        let cache: Cache<Secret> = Cache::default();
+        let cache: Informer<Secret> = Informer::new(None);
         let checker = KeyChecker::new(cache.clone());
         let key = generate();
         assert!(!checker.verify(&key));

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 use tracing::warn;
 
-use super::cache::Cache;
+use super::informer::Informer;
 
 /// One file the install step fetches into the data folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,7 +178,7 @@ impl Catalog {
     }
 
     /// Keeps the catalog in step with `cache` until the process ends.
-    pub async fn follow(self, cache: Cache<ConfigMap>) {
+    pub async fn follow(self, cache: Informer<ConfigMap>) {
         let mut changes = cache.changes();
         loop {
             self.rebuild(&cache.list());

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
 
-use super::cache::Cache;
+use super::informer::Informer;
 use crate::names::{LABEL_CLAIM, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// Data key holding the id of the claim's holder (a userId or an instance id).
@@ -90,12 +90,12 @@ pub enum ClaimError {
 #[derive(Clone)]
 pub struct Claims {
     api: Api<ConfigMap>,
-    cache: Cache<ConfigMap>,
+    cache: Informer<ConfigMap>,
 }
 
 impl Claims {
     /// Claims in `api`'s namespace, read through `cache`.
-    pub fn new(api: Api<ConfigMap>, cache: Cache<ConfigMap>) -> Self {
+    pub fn new(api: Api<ConfigMap>, cache: Informer<ConfigMap>) -> Self {
         Self { api, cache }
     }
 

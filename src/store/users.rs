@@ -23,8 +23,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::cache::Cache;
 use super::claims::{ClaimError, ClaimKind, Claims};
+use super::informer::Informer;
 use crate::names::{LABEL_MANAGED_BY, MANAGED_BY, SECRET_TYPE_USER};
 
 const KEY_USER_ID: &str = "userId";
@@ -167,14 +167,14 @@ impl HashPool {
 #[derive(Clone)]
 pub struct Users {
     api: Api<Secret>,
-    cache: Cache<Secret>,
+    cache: Informer<Secret>,
     claims: Claims,
     hashing: HashPool,
 }
 
 impl Users {
     /// Users stored through `api`, read from `cache` (user Secrets) and `claims`.
-    pub fn new(api: Api<Secret>, cache: Cache<Secret>, claims: Claims) -> Self {
+    pub fn new(api: Api<Secret>, cache: Informer<Secret>, claims: Claims) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             api,

@@ -353,8 +353,19 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
     srv.user("u1").await;
     let node = srv.node(&fake.ip).await;
     // The controllers in a process of their own, so the crash hits the API mid-flight.
-    let controllers =
-        server::spawn_berth(&srv.ns, &["--controller-only", "--lease-duration", "3"]).await;
+    let controllers = server::spawn_berth(
+        &srv.ns,
+        &[
+            "--controller-only",
+            "--lease-duration",
+            "3",
+            "--renew-deadline",
+            "2",
+            "--retry-period",
+            "1",
+        ],
+    )
+    .await;
     let fake_node = node;
     // A second API process to crash; the test server stays up to read from.
     let victim = server::spawn_berth(&srv.ns, &["--api-only"]).await;

@@ -1,7 +1,10 @@
 //! `berth serve`: the REST API and the controllers in one process, sharing one
-//! client, one state and one shutdown signal. `--api-only` and `--controller-only`
-//! split them; controllers elect a leader with a Lease when `--leader-elect` is on
-//! (always with `--controller-only`), so replicas never reconcile at once.
+//! set of informers (one watch per kind) and one shutdown signal. `--api-only` and
+//! `--controller-only` split them; controllers elect a leader with a Lease when
+//! `--leader-elect` is on (always with `--controller-only`).
+
+mod http;
+mod leading;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,11 +13,12 @@ use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::api::{self, AppState};
-use crate::controller::{self, PodSettings, leader::Elector};
-use crate::store::Store;
+use crate::controller::leader::{Elector, Timing};
+use crate::controller::{self, PodSettings};
+use crate::store::{Roles, Store};
 
 /// What this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,14 +43,18 @@ pub struct Config {
     pub mode: Mode,
     /// Whether the controllers elect a leader first.
     pub leader_elect: bool,
-    /// How long a leader's Lease lasts without renewal.
-    pub lease_duration: Duration,
+    /// Lease duration, renew deadline and retry period of the election.
+    pub election: Timing,
     /// Instance Pod settings.
     pub pods: PodSettings,
     /// How many Instances reconcile at once.
     pub concurrency: u16,
     /// How long to keep serving (unready) after SIGTERM before closing connections.
     pub shutdown_delay: Duration,
+    /// How long a watch may fail before `/readyz` fails.
+    pub watch_grace: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
 }
 
 /// One shutdown signal for everything: flipped once, seen by every clone.
@@ -54,17 +62,37 @@ pub struct Config {
 pub struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
+    /// A signal and the sender that flips it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
     /// Resolves once shutdown began.
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|down| *down).await;
     }
 }
 
+/// A candidate for the controllers' Lease, named after the Pod (or host).
+fn elector(client: &kube::Client, namespace: &str, timing: Timing) -> Elector {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "berth".into());
+    let identity = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    Elector::new(
+        kube::Api::<Lease>::namespaced(client.clone(), namespace),
+        identity,
+        timing,
+    )
+}
+
 /// Runs until SIGTERM or SIGINT, then drains in-flight requests and returns.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let client = crate::metrics::client()
+    let kube_config = kube::Config::infer()
         .await
         .context("failed to configure the Kubernetes client (KUBECONFIG or in-cluster config)")?;
+    let client = crate::metrics::client(kube_config.clone(), None)?;
     let namespace = config
         .namespace
         .clone()
@@ -75,64 +103,60 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("failed to reach the Kubernetes API server")?;
     info!(server = %version.git_version, %namespace, mode = ?config.mode, "connected to the Kubernetes API server");
 
-    let with_api = config.mode != Mode::ControllerOnly;
-    let with_controllers = config.mode != Mode::ApiOnly;
-    let store = Store::new(client.clone(), &namespace, with_api);
+    let roles = Roles {
+        api: config.mode != Mode::ControllerOnly,
+        controllers: config.mode != Mode::ApiOnly,
+    };
+    let store = Store::new(client.clone(), &namespace, roles);
     tokio::spawn(store.clone().run());
-    let state = AppState::new(store.clone());
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shutdown = Shutdown(stop_rx);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    info!(address = %config.listen, "serving HTTP");
-    state.set_ready(true);
-    {
+    tokio::spawn({
         let store = store.clone();
-        tokio::spawn(async move {
+        async move {
             store.synced().await;
             info!(
                 instances = store.instances.len(),
                 nodes = store.nodes.len(),
                 users = store.users.count(),
-                "caches synced; ready"
+                "informers synced; ready"
             );
-        });
-    }
+        }
+    });
+    let state = AppState::new(store.clone(), config.watch_grace);
 
-    let controllers = with_controllers.then(|| {
-        let elector = (config.leader_elect || config.mode == Mode::ControllerOnly).then(|| {
-            let host = std::env::var("POD_NAME")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| "berth".into());
-            let identity = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-            Elector::new(
-                kube::Api::<Lease>::namespaced(client.clone(), &namespace),
-                identity,
-                config.lease_duration,
-            )
-        });
+    let (stop_tx, shutdown) = Shutdown::new();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    info!(address = %config.listen, "serving HTTP");
+    state.set_ready(true);
+
+    let controllers = roles.controllers.then(|| {
+        let elect = config.leader_elect || config.mode == Mode::ControllerOnly;
+        let elector = elect.then(|| elector(&client, &namespace, config.election));
         let settings = controller::Config {
-            namespace: namespace.clone(),
             pods: config.pods.clone(),
             concurrency: config.concurrency,
             identity: elector
                 .as_ref()
                 .map_or_else(|| "berth".to_owned(), |e| e.identity.clone()),
         };
-        tokio::spawn(run_controllers(
-            client.clone(),
-            store.clone(),
-            settings,
-            elector,
-            shutdown.clone(),
-        ))
+        // The controllers write through a client of their own, fenced by the
+        // elector's gate when electing.
+        let writer = crate::metrics::client(kube_config, elector.as_ref().map(|e| e.gate.clone()));
+        writer.map(|writer| {
+            tokio::spawn(leading::run(
+                writer,
+                store.clone(),
+                settings,
+                elector,
+                shutdown.clone(),
+            ))
+        })
     });
+    let controllers = controllers.transpose()?;
 
-    let app = api::router(state.clone(), with_api);
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let app = api::router(state.clone(), roles.api);
+    let stop = {
         let state = state.clone();
         let delay = config.shutdown_delay;
         async move {
@@ -143,54 +167,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tokio::time::sleep(delay).await;
             let _ = stop_tx.send(true);
         }
-    });
-    server.await.context("HTTP server failed")?;
+    };
+    http::serve(listener, app, config.header_read_timeout, stop).await;
     if let Some(handle) = controllers {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(anyhow::anyhow!("controllers panicked: {e}")),
-        }
+        handle
+            .await
+            .map_err(|e| anyhow::anyhow!("controllers panicked: {e}"))?;
     }
     info!("shut down cleanly");
-    Ok(())
-}
-
-/// Runs the controllers, after winning the Lease when electing. Losing the Lease
-/// ends the process with an error: stopping at once is the only way to be sure
-/// that two replicas never reconcile together.
-async fn run_controllers(
-    client: kube::Client,
-    store: Store,
-    settings: controller::Config,
-    elector: Option<Elector>,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    if let Some(e) = &elector {
-        info!(identity = %e.identity, "waiting to become the controller leader");
-        tokio::select! {
-            () = e.acquire() => {}
-            () = shutdown.clone().wait() => return Ok(()),
-        }
-    }
-    let hold = async {
-        match &elector {
-            Some(e) => e.hold().await,
-            None => std::future::pending().await,
-        }
-    };
-    let stop = shutdown.clone();
-    let lost = tokio::select! {
-        () = controller::run(client, store.catalog.clone(), settings, stop) => false,
-        () = hold => true,
-    };
-    if let Some(e) = &elector {
-        e.release().await;
-    }
-    if lost {
-        error!("lost the controller Lease; exiting so that only the new leader reconciles");
-        std::process::exit(1);
-    }
     Ok(())
 }
 

@@ -1,0 +1,147 @@
+//! Instances as clients see them: Skyport's field names, plus Berth's state and
+//! address. The schema of [`InstanceView`] is what `/api/openapi.json` documents.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use serde::Serialize;
+
+use super::super::AppState;
+use crate::crd::{Instance, InstanceState, Node, PortMapping};
+
+/// The node of an instance, as clients see it inside the instance (no credentials).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceNode {
+    id: String,
+    name: Option<String>,
+    address: Option<String>,
+    port: Option<i32>,
+    tags: Option<String>,
+}
+
+/// An instance as clients see it (Skyport's field names). Its schema is what
+/// `/api/openapi.json` documents.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[allow(non_snake_case)]
+pub struct InstanceView {
+    Id: String,
+    Name: String,
+    /// The owner's userId.
+    User: String,
+    Node: InstanceNode,
+    Image: String,
+    ImageName: Option<String>,
+    /// MiB.
+    Memory: i64,
+    /// Cores.
+    Cpu: f64,
+    /// MiB.
+    Disk: Option<i64>,
+    /// `container:host` pairs.
+    Ports: String,
+    Primary: i32,
+    /// `INSTALLING`, `READY` or `FAILED`.
+    #[schema(value_type = String)]
+    InternalState: &'static str,
+    /// Berth's state: Pending, Installing, Running, Failed, Suspended.
+    #[schema(value_type = String)]
+    State: &'static str,
+    /// Where players connect: node address and primary port.
+    Address: Option<String>,
+    suspended: bool,
+    Env: Vec<String>,
+    ContainerId: Option<String>,
+    VolumeId: String,
+    CreatedAt: Option<String>,
+}
+
+fn state_name(state: Option<InstanceState>) -> &'static str {
+    match state {
+        Some(InstanceState::Pending) | None => "Pending",
+        Some(InstanceState::Installing) => "Installing",
+        Some(InstanceState::Running) => "Running",
+        Some(InstanceState::Failed) => "Failed",
+        Some(InstanceState::Suspended) => "Suspended",
+    }
+}
+
+/// The client's view of an instance.
+pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
+    let id = inst.name_any();
+    let node: Option<Arc<Node>> = state.store.nodes.get(&inst.spec.node);
+    let status = inst.status.as_ref();
+    let primary_container = inst
+        .spec
+        .ports
+        .iter()
+        .find(|p| p.host_port == inst.spec.primary_port)
+        .map_or(inst.spec.primary_port, |p| p.container_port);
+    let mut env: Vec<String> = inst
+        .spec
+        .variables
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push(format!("PRIMARY_PORT={primary_container}"));
+    InstanceView {
+        Name: inst.spec.display_name.clone(),
+        User: inst.spec.user_id.clone(),
+        Node: InstanceNode {
+            id: inst.spec.node.clone(),
+            name: node.as_ref().map(|n| n.spec.display_name.clone()),
+            address: node.as_ref().map(|n| n.spec.address.clone()),
+            port: node.as_ref().and_then(|n| n.spec.port),
+            tags: node.as_ref().and_then(|n| n.spec.tags.clone()),
+        },
+        Image: inst.spec.image.clone(),
+        ImageName: inst.spec.image_name.clone(),
+        Memory: inst.spec.memory,
+        Cpu: inst.spec.cpu,
+        Disk: inst.spec.disk,
+        Ports: ports_string(&inst.spec.ports),
+        Primary: inst.spec.primary_port,
+        InternalState: internal_state(status.and_then(|s| s.state)),
+        State: state_name(status.and_then(|s| s.state)),
+        Address: status.and_then(|s| s.address.clone()),
+        suspended: inst.spec.suspended,
+        Env: env,
+        ContainerId: status.and_then(|s| s.pod_name.clone()),
+        VolumeId: id.clone(),
+        CreatedAt: inst.creation_timestamp().map(|t| t.0.to_string()),
+        Id: id,
+    }
+}
+
+/// The canonical port string of an instance (`container:host,...`).
+pub fn ports_string(ports: &[PortMapping]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{}:{}", p.container_port, p.host_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Skyport's `InternalState` of a Berth state.
+pub fn internal_state(state: Option<InstanceState>) -> &'static str {
+    match state {
+        Some(InstanceState::Running | InstanceState::Suspended) => "READY",
+        Some(InstanceState::Failed) => "FAILED",
+        Some(InstanceState::Pending | InstanceState::Installing) | None => "INSTALLING",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_map_to_skyport() {
+        assert_eq!(internal_state(None), "INSTALLING");
+        assert_eq!(
+            internal_state(Some(InstanceState::Installing)),
+            "INSTALLING"
+        );
+        assert_eq!(internal_state(Some(InstanceState::Running)), "READY");
+        assert_eq!(internal_state(Some(InstanceState::Failed)), "FAILED");
+    }
+}
