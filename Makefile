@@ -5,6 +5,8 @@ CLUSTER := tests/cluster
 export KUBECONFIG_LOCAL := $(CURDIR)/target/cluster/kubeconfig
 # Schemathesis (PyPI) for the fuzz test, in a venv of the project's own.
 VENV := target/venv
+# The chaos tests restart the shared control plane: after the others, one at a time.
+CHAOS := $(CARGO) test --locked --test it chaos:: -- --ignored --test-threads=1
 SCHEMATHESIS_VERSION := 4.32.5
 
 .PHONY: build run test fuzz chaos bench lint fmt crds cluster-up cluster-down cluster-status clean-test-namespaces
@@ -21,20 +23,22 @@ $(VENV)/bin/schemathesis:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check schemathesis==$(SCHEMATHESIS_VERSION)
 
-## test: unit and integration tests against the local control plane (started if needed)
+## test: unit and integration tests against the local control plane (started if needed),
+## then the chaos tests, which restart the control plane, one at a time
 test: $(VENV)/bin/schemathesis
 	$(CARGO) build --locked --tests
-	$(CLUSTER)/with-cluster.sh bash -c '$(CLUSTER)/clean.sh && $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8}' 
+	$(CLUSTER)/with-cluster.sh bash -c '$(CLUSTER)/clean.sh && $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8} && $(CHAOS)'
+
 
 ## fuzz: the schemathesis run with many more cases (1,000 per operation)
 fuzz: $(VENV)/bin/schemathesis
 	$(CARGO) build --locked --tests
 	BERTH_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(CLUSTER)/with-cluster.sh $(CARGO) test --locked --test it fuzz:: -- --nocapture
 
-## chaos: restart kube-apiserver and etcd under Berth (disturbs the cluster: runs alone)
+## chaos: only the chaos tests (kube-apiserver and etcd killed under Berth; they run alone)
 chaos:
 	$(CARGO) build --locked --tests
-	$(CLUSTER)/with-cluster.sh $(CARGO) test --locked --test it chaos:: -- --ignored --test-threads=1 --nocapture
+	$(CLUSTER)/with-cluster.sh $(CHAOS)
 
 ## bench: deploy latency/throughput vs the raw API server, reads at 10,000 instances, memory, idle writes, restart
 bench:

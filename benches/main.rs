@@ -17,7 +17,7 @@ use berth::controller::pod::{PodSettings, build_pod};
 use berth::crd::{Instance, InstanceSpec, InstanceState, PortMapping};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node as KubeNode, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -190,7 +190,7 @@ async fn kube_writes(base: &str) -> u64 {
         .filter(|l| {
             ["create", "update", "patch", "delete"]
                 .iter()
-                .any(|v| l.starts_with(&format!("berth_kube_requests_total{{verb=\"{v}\"}}")))
+                .any(|v| l.starts_with(&format!("berth_kube_requests_total{{verb=\"{v}\",")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
@@ -363,12 +363,42 @@ async fn wrk(
     }
 }
 
+/// Removes what an interrupted earlier run left: its namespaces and fake nodes.
+/// A leftover node with this run's addresses would make them ambiguous, and
+/// Berth refuses to place instances on an ambiguous address.
+async fn remove_leftovers(client: &Client) {
+    let lp = ListParams::default();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for n in namespaces
+        .list(&lp.clone().labels("berth.dev/bench=true"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let _ = namespaces
+            .delete(&n.name_any(), &DeleteParams::background())
+            .await;
+    }
+    let nodes: Api<KubeNode> = Api::all(client.clone());
+    for n in nodes
+        .list(&lp.labels("type=kwok-bench"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let _ = nodes.delete(&n.name_any(), &DeleteParams::default()).await;
+    }
+}
+
 async fn fake_nodes(client: &Client, run: &str) -> Vec<(String, String)> {
     let api: Api<KubeNode> = Api::all(client.clone());
     let mut out = Vec::new();
+    // Addresses of this run's own (the third octet from the run id), so that two
+    // runs never share one even if a cleanup failed.
+    let octet = 30 + u8::from_str_radix(&run[..2], 16).unwrap_or(0) % 200;
     for i in 0..FAKE_NODES {
         let name = format!("kwok-bench-{run}-{i}");
-        let ip = format!("127.0.30.{}", i + 1);
+        let ip = format!("127.{octet}.30.{}", i + 1);
         let node: KubeNode = serde_json::from_value(json!({
             "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name, "type": "kwok-bench" },
                           "annotations": { "kwok.x-k8s.io/node": "fake", "berth.dev/test-node-ip": ip } }
@@ -420,6 +450,7 @@ async fn main() {
         "KUBECONFIG is not set: run `make bench`"
     );
     let client = Client::try_default().await.expect("client");
+    remove_leftovers(&client).await;
     let run = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let ns = format!("bench-{run}");
     let floor_ns = format!("bench-floor-{run}");

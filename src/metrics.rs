@@ -13,6 +13,18 @@ use http::{Method, Request};
 const VERBS: [&str; 7] = [
     "get", "list", "watch", "create", "update", "patch", "delete",
 ];
+/// Resources Berth reads and writes, as counted (anything else is `other`).
+const RESOURCES: [&str; 9] = [
+    "instances",
+    "nodes",
+    "pods",
+    "persistentvolumeclaims",
+    "secrets",
+    "configmaps",
+    "events",
+    "leases",
+    "other",
+];
 /// Controllers, as counted.
 pub const CONTROLLERS: [&str; 2] = ["instance", "node"];
 
@@ -27,13 +39,13 @@ pub fn count_watch_error(kind: &str) {
 }
 
 struct Metrics {
-    kube_requests: [AtomicU64; VERBS.len()],
+    kube_requests: [[AtomicU64; RESOURCES.len()]; VERBS.len()],
     reconciles: [[AtomicU64; 2]; CONTROLLERS.len()],
     http_responses: [AtomicU64; 5],
 }
 
 static METRICS: Metrics = Metrics {
-    kube_requests: [const { AtomicU64::new(0) }; VERBS.len()],
+    kube_requests: [const { [const { AtomicU64::new(0) }; RESOURCES.len()] }; VERBS.len()],
     reconciles: [const { [const { AtomicU64::new(0) }; 2] }; CONTROLLERS.len()],
     http_responses: [const { AtomicU64::new(0) }; 5],
 };
@@ -60,9 +72,38 @@ pub fn verb(method: &Method, path_and_query: &str) -> &'static str {
     }
 }
 
-fn count_kube(verb: &str) {
-    if let Some(i) = VERBS.iter().position(|v| *v == verb) {
-        METRICS.kube_requests[i].fetch_add(1, Ordering::Relaxed);
+/// The resource a request is for (pure): the segment after the namespace, or
+/// after the version for cluster-scoped paths, as counted.
+pub fn resource(path: &str) -> &'static str {
+    let segments: Vec<&str> = path
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .collect();
+    let after_version = match segments.get(1) {
+        Some(&"api") => 3,
+        Some(&"apis") => 4,
+        _ => return "other",
+    };
+    let plural = match segments.get(after_version) {
+        Some(&"namespaces") if segments.len() > after_version + 2 => segments[after_version + 2],
+        Some(p) => p,
+        None => return "other",
+    };
+    RESOURCES
+        .iter()
+        .find(|r| **r == plural)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn count_kube(verb: &str, resource: &str) {
+    if let (Some(v), Some(r)) = (
+        VERBS.iter().position(|x| *x == verb),
+        RESOURCES.iter().position(|x| *x == resource),
+    ) {
+        METRICS.kube_requests[v][r].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -71,7 +112,8 @@ pub fn kube_writes() -> u64 {
     ["create", "update", "patch", "delete"]
         .iter()
         .filter_map(|v| VERBS.iter().position(|x| x == v))
-        .map(|i| METRICS.kube_requests[i].load(Ordering::Relaxed))
+        .flat_map(|v| METRICS.kube_requests[v].iter())
+        .map(|n| n.load(Ordering::Relaxed))
         .sum()
 }
 
@@ -91,11 +133,16 @@ pub fn count_http(status: u16) {
 /// The metrics in Prometheus' text format.
 pub fn render() -> String {
     let mut out = String::new();
-    out.push_str("# HELP berth_kube_requests_total Requests Berth made to the Kubernetes API server, by verb.\n");
+    out.push_str("# HELP berth_kube_requests_total Requests Berth made to the Kubernetes API server, by verb and resource.\n");
     out.push_str("# TYPE berth_kube_requests_total counter\n");
-    for (i, verb) in VERBS.iter().enumerate() {
-        let n = METRICS.kube_requests[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "berth_kube_requests_total{{verb=\"{verb}\"}} {n}");
+    for (v, verb) in VERBS.iter().enumerate() {
+        for (r, resource) in RESOURCES.iter().enumerate() {
+            let n = METRICS.kube_requests[v][r].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "berth_kube_requests_total{{verb=\"{verb}\",resource=\"{resource}\"}} {n}"
+            );
+        }
     }
     out.push_str("# HELP berth_reconciles_total Reconciles by controller and result.\n");
     out.push_str("# TYPE berth_reconciles_total counter\n");
@@ -159,7 +206,7 @@ where
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or_default();
-        count_kube(verb(req.method(), pq));
+        count_kube(verb(req.method(), pq), resource(pq));
         self.0.call(req)
     }
 }
@@ -200,9 +247,29 @@ mod tests {
     #[test]
     fn writes_are_counted_and_rendered() {
         let before = kube_writes();
-        count_kube("patch");
-        count_kube("get");
+        count_kube("patch", "pods");
+        count_kube("get", "pods");
         assert_eq!(kube_writes(), before + 1);
-        assert!(render().contains("berth_kube_requests_total{verb=\"patch\"}"));
+        assert!(render().contains("berth_kube_requests_total{verb=\"patch\",resource=\"pods\"}"));
+    }
+
+    #[test]
+    fn resources_are_read_from_the_path() {
+        assert_eq!(resource("/api/v1/namespaces/a/pods/x"), "pods");
+        assert_eq!(resource("/api/v1/namespaces/a/pods?watch=true"), "pods");
+        assert_eq!(resource("/api/v1/nodes?limit=500"), "nodes");
+        assert_eq!(
+            resource("/apis/berth.dev/v1alpha1/namespaces/a/instances/i/status"),
+            "instances"
+        );
+        assert_eq!(
+            resource("/apis/coordination.k8s.io/v1/namespaces/a/leases/berth-controller"),
+            "leases"
+        );
+        assert_eq!(
+            resource("/apis/events.k8s.io/v1/namespaces/a/events"),
+            "events"
+        );
+        assert_eq!(resource("/version"), "other");
     }
 }

@@ -11,9 +11,9 @@
 //!    re-read its node (a node delete racing this deploy marks the node first, so
 //!    exactly one of them wins). On any failure the Instance is rolled back.
 //!
-//! Step 3 runs as a task of its own that the request awaits: once the Instance
-//! exists, a client that disconnects or a request timeout cannot stop the
-//! protocol half-way and leave an Instance without its claims.
+//! Steps 2 and 3 run as a task of its own that the request awaits: a client that
+//! disconnects or a request timeout cannot stop the protocol half-way and leave
+//! an Instance without its claims (not even while the create is in flight).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -254,23 +254,40 @@ fn port_taken(port: i32, node_id: &str, holder_node: &str, kube_node: &str) -> D
 
 /// Deploys: a keyed retry gets its first attempt's Instance (completing it if a
 /// crash interrupted it); anything else is checked, created and completed.
+///
+/// Everything from the create on runs as a task of its own that this awaits: a
+/// caller dropped mid-way (a client that disconnects, a request timeout) cannot
+/// stop it, not even while the create itself is in flight, when the Instance may
+/// exist without anyone knowing yet.
 pub async fn deploy(
     store: &Store,
     req: DeployRequest,
     keyed: Option<Keyed>,
 ) -> Result<Instance, DeployError> {
-    if let Some(k) = &keyed
-        && let Some(earlier) = earlier_attempt(store, k).await?
-    {
-        return finish_earlier(store, earlier).await;
-    }
-    let plan = plan(store, req)?;
-    let created = match create(store, &plan, keyed.as_ref()).await? {
-        Created::New(i) => i,
-        // A concurrent retry of the same request got there first.
-        Created::Earlier(i) => return finish_earlier(store, i).await,
+    let plan = match &keyed {
+        // A retry meets its first attempt before anything is checked again.
+        Some(_) => None,
+        None => Some(plan(store, req.clone())?),
     };
-    complete_detached(store, created, plan.kube_node, plan.node_uid).await
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Some(k) = &keyed
+            && let Some(earlier) = earlier_attempt(&store, k).await?
+        {
+            return finish_earlier(&store, earlier).await;
+        }
+        let plan = match plan {
+            Some(p) => p,
+            None => self::plan(&store, req)?,
+        };
+        match create(&store, &plan, keyed.as_ref()).await? {
+            Created::New(i) => complete(&store, i, &plan.kube_node, plan.node_uid.as_deref()).await,
+            // A concurrent retry of the same request got there first.
+            Created::Earlier(i) => finish_earlier(&store, i).await,
+        }
+    })
+    .await
+    .map_err(|e| DeployError::Task(e.to_string()))?
 }
 
 /// The Instance a keyed request made before, if it did (asked of the API server:
@@ -305,7 +322,7 @@ async fn finish_earlier(store: &Store, earlier: Instance) -> Result<Instance, De
         .and_then(|n| store.placement(n).node().map(|k| k.name_any()));
     let node_uid = node.and_then(|n| n.uid());
     match kube_node {
-        Some(k) => complete_detached(store, earlier, k, node_uid).await,
+        Some(k) => complete(store, earlier, &k, node_uid.as_deref()).await,
         None => {
             let node = earlier.spec.node.clone();
             roll_back(store, &earlier, None).await;
@@ -369,19 +386,6 @@ fn api_err(action: &'static str, source: kube::Error) -> DeployError {
 /// A fresh short id: the first 8 hex digits of a UUIDv4, as Skyport made them.
 fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
-}
-
-/// Step 3 as a task of its own, awaited: dropping the request does not stop it.
-async fn complete_detached(
-    store: &Store,
-    inst: Instance,
-    kube_node: String,
-    node_uid: Option<String>,
-) -> Result<Instance, DeployError> {
-    let store = store.clone();
-    tokio::spawn(async move { complete(&store, inst, &kube_node, node_uid.as_deref()).await })
-        .await
-        .map_err(|e| DeployError::Task(e.to_string()))?
 }
 
 /// Claims the host ports and re-checks the node; rolls the Instance back on failure.

@@ -40,9 +40,12 @@ log() { printf '[cluster] %s\n' "$*" >&2; }
 pid_of() { cat "$PIDS/$1.pid" 2>/dev/null || true; }
 
 is_running() {
-  local pid
+  local pid state
   pid=$(pid_of "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  # A killed process stays a zombie until it is reaped: not running.
+  state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+  [ "$state" != Z ]
 }
 
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }

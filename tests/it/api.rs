@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
-use crate::common::eventually;
+use crate::common::{self, eventually};
 use crate::server::TestServer;
 
 const PASSWORD: &str = "correct horse battery";
@@ -955,4 +955,179 @@ async fn images_come_from_the_catalog_and_the_openapi_document_lists_every_route
         json!("x-api-key")
     );
     srv.finish().await;
+}
+
+#[tokio::test]
+async fn the_front_door_answers_without_a_key() {
+    let srv = TestServer::start("api-root").await;
+    // A Skyport dashboard probes its base URL at start-up and exits unless 200.
+    let a = srv.send(srv.raw("GET", "/")).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["service"], "berth");
+    assert_eq!(a.body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(a.body["links"]["openapi"], "/api/openapi.json");
+    assert_eq!(a.body["links"]["docs"], "/docs");
+    let docs = srv.raw("GET", "/docs").send().await.expect("docs");
+    assert_eq!(docs.status(), 200);
+    assert!(
+        docs.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/html"))
+    );
+    let page = docs.text().await.expect("page");
+    for route in ["/api/instances/deploy", "/api/nodes/create", "/api/getUser"] {
+        assert!(page.contains(route), "the docs page lists {route}");
+    }
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn imagename_is_informational_unless_image_names_nothing() {
+    let srv = TestServer::start("api-imagename").await;
+    let node = create_node(&srv, None).await;
+    create_user(&srv, "steve", "u1").await;
+    let with = |image: &str, imagename: &str, port: i32| {
+        let mut b = deploy_body(&node, "u1", &port.to_string());
+        b["image"] = json!(image);
+        b["imagename"] = json!(imagename);
+        b
+    };
+    // A bot sends a word of its own as imagename: the image decides.
+    let a = srv
+        .call(
+            "POST",
+            "/api/instances/deploy",
+            Some(with(
+                "ghcr.io/skyportlabs/images:java21",
+                "my paper server",
+                25565,
+            )),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.body["Id"].as_str().expect("Id").to_owned();
+    let got = srv
+        .call("POST", "/api/getInstance", Some(json!({ "id": id })))
+        .await;
+    assert_eq!(got.body["Image"], "ghcr.io/skyportlabs/images:java21");
+    assert_eq!(got.body["ImageName"], "Minecraft: Java Edition (Paper)");
+    // image names nothing: imagename is tried.
+    let a = srv
+        .call(
+            "POST",
+            "/api/instances/deploy",
+            Some(with(
+                "paper-latest",
+                "Minecraft: Java Edition (Paper)",
+                25566,
+            )),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.body["Id"].as_str().expect("Id").to_owned();
+    let got = srv
+        .call("POST", "/api/getInstance", Some(json!({ "id": id })))
+        .await;
+    assert_eq!(
+        got.body["Image"], "ghcr.io/skyportlabs/images:java21",
+        "the catalog's image runs"
+    );
+    // Neither names anything: 400.
+    let a = srv
+        .call(
+            "POST",
+            "/api/instances/deploy",
+            Some(with("paper-latest", "no such image", 25567)),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body),
+        (
+            400,
+            json!({ "error": "Image not found in the catalog: paper-latest" })
+        )
+    );
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_reused_idempotency_key_with_another_body_is_refused() {
+    let srv = TestServer::start("api-idem").await;
+    let node = create_node(&srv, None).await;
+    create_user(&srv, "steve", "u1").await;
+    let send = |body: Value| {
+        srv.send(
+            srv.raw("POST", "/api/instances/deploy")
+                .header("x-api-key", &srv.key)
+                .header("idempotency-key", "order-7")
+                .json(&body),
+        )
+    };
+    let first = send(deploy_body(&node, "u1", "25565")).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = send(deploy_body(&node, "u1", "25565")).await;
+    assert_eq!(
+        (again.status, &again.body["Id"]),
+        (201, &first.body["Id"]),
+        "a retry gets the first instance"
+    );
+    let other = send(deploy_body(&node, "u1", "25570")).await;
+    assert_eq!(
+        (other.status, other.body),
+        (
+            422,
+            json!({ "error": "Idempotency-Key was already used with a different request" })
+        )
+    );
+    assert_eq!(count_instances(&srv).await, 1, "nothing more was written");
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn requests_without_a_key_get_401_before_the_informers_sync() {
+    let client = common::client().await;
+    common::crds(&client).await;
+    let ns = common::namespace(&client, "api-unsynced").await;
+    // A ServiceAccount allowed nothing: Berth starts, but its watches never list.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "nobody" } })).expect("sa");
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &sa)
+        .await
+        .expect("service account");
+    let kubeconfig = common::service_account_kubeconfig(&ns, "nobody").await;
+    let berth = crate::server::start_berth(&ns, &["--api-only"], &kubeconfig, &[]).await;
+    let http = reqwest::Client::new();
+    let get = |key: Option<&str>| {
+        let mut r = http.get(format!("{}/api/users", berth.base));
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        r.send()
+    };
+    let unkeyed = get(None).await.expect("answer");
+    assert_eq!(unkeyed.status(), 401);
+    assert_eq!(
+        unkeyed.json::<Value>().await.expect("json"),
+        json!({ "error": "API key is required" })
+    );
+    let keyed = get(Some("berth_anything")).await.expect("answer");
+    assert_eq!(keyed.status(), 503, "a keyed request needs the informers");
+    let ready = http
+        .get(format!("{}/readyz", berth.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    assert!(
+        ready
+            .text()
+            .await
+            .expect("text")
+            .contains("informers have not listed")
+    );
+    drop(berth);
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        .delete(&ns, &Default::default())
+        .await;
 }

@@ -79,24 +79,6 @@ async fn the_chart_lints_renders_valid_objects_and_refuses_bad_values() {
     }
 }
 
-/// A kubeconfig for the chart's ServiceAccount, with a token from the TokenRequest API.
-async fn service_account_kubeconfig(ns: &str) -> PathBuf {
-    let token = common::kubectl(&["create", "token", SA, "-n", ns, "--duration", "1h"]).await;
-    let admin = std::fs::read_to_string(common::kubeconfig()).expect("admin kubeconfig");
-    let admin: serde_json::Value = serde_yaml::from_str(&admin).expect("kubeconfig yaml");
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{ "name": "c", "cluster": cluster }],
-        "users": [{ "name": "sa", "user": { "token": token.trim() } }],
-        "contexts": [{ "name": "sa", "context": { "cluster": "c", "user": "sa", "namespace": ns } }],
-        "current-context": "sa"
-    });
-    let path = std::env::temp_dir().join(format!("berth-sa-{ns}.kubeconfig"));
-    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
-    path
-}
-
 async fn can_i(ns: &str, args: &[&str]) -> bool {
     let who = format!("system:serviceaccount:{ns}:{SA}");
     let mut all = vec!["auth", "can-i", "--as", &who];
@@ -198,7 +180,7 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
         .data
         .expect("data")["sha256"]
         .clone();
-    let kubeconfig = service_account_kubeconfig(&ns).await;
+    let kubeconfig = common::service_account_kubeconfig(&ns, SA).await;
     let berth = server::spawn_berth_as(&ns, &[], &kubeconfig).await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {

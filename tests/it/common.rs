@@ -24,15 +24,19 @@ pub fn kubeconfig() -> PathBuf {
     }
 }
 
-/// A client for the test control plane.
-pub async fn client() -> Client {
+/// The client configuration of the test control plane.
+pub async fn kube_config() -> Config {
     let path = kubeconfig();
     let kc = kube::config::Kubeconfig::read_from(&path)
         .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kc, &Default::default())
+    Config::from_custom_kubeconfig(kc, &Default::default())
         .await
-        .expect("kubeconfig is usable");
-    Client::try_from(config).expect("client builds")
+        .expect("kubeconfig is usable")
+}
+
+/// A client for the test control plane.
+pub async fn client() -> Client {
+    Client::try_from(kube_config().await).expect("client builds")
 }
 
 /// A control plane binary (kubectl, helm, ...).
@@ -157,21 +161,30 @@ pub struct FakeNode {
 impl FakeNode {
     /// Creates the node and waits until it is Ready.
     pub async fn create(client: &Client) -> Self {
+        Self::create_with(client, None, None).await
+    }
+
+    /// Creates a node at `ip` (random when `None`) whose `kubernetes.io/hostname`
+    /// label is `hostname` (its name when `None`), and waits until it is Ready.
+    pub async fn create_with(client: &Client, ip: Option<&str>, hostname: Option<&str>) -> Self {
         use k8s_openapi::api::core::v1::Node;
         let n = uuid::Uuid::new_v4().as_u128();
         let name = format!(
             "kwok-test-{}",
             &uuid::Uuid::from_u128(n).simple().to_string()[..8]
         );
-        let ip = format!(
-            "127.0.{}.{}",
-            20 + (n % 200) as u8,
-            1 + ((n >> 8) % 250) as u8
-        );
+        let ip = ip.map(str::to_owned).unwrap_or_else(|| {
+            format!(
+                "127.0.{}.{}",
+                20 + (n % 200) as u8,
+                1 + ((n >> 8) % 250) as u8
+            )
+        });
+        let hostname = hostname.unwrap_or(&name);
         let node: Node = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
-                "labels": { "kubernetes.io/hostname": name, "type": "kwok-test", TEST_LABEL: "true" },
+                "labels": { "kubernetes.io/hostname": hostname, "type": "kwok-test", TEST_LABEL: "true" },
                 "annotations": { "kwok.x-k8s.io/node": "fake", "berth.dev/test-node-ip": ip }
             }
         }))
@@ -258,4 +271,59 @@ pub async fn running_instances(client: &Client, ns: &str) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// Sends `signal` to a process this test started (SIGSTOP, SIGCONT, SIGTERM, ...).
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a child process the calling test started and still owns.
+    let sent = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(sent, 0, "kill({pid}, {signal})");
+}
+
+/// Waits until `read` gives the same value three times in a row, 300 ms apart
+/// (quiescence: nothing more happens), and returns it.
+pub async fn settled<F, Fut, T>(timeout: Duration, what: &str, mut read: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+    T: PartialEq + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = read().await;
+    let mut same = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = read().await;
+        if now == last {
+            same += 1;
+            if same == 2 {
+                return now;
+            }
+        } else {
+            same = 0;
+            last = now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} kept changing for {timeout:?} (last {last:?})"
+        );
+    }
+}
+
+/// A kubeconfig for ServiceAccount `sa` of `ns`, with a token from the TokenRequest API.
+pub async fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
+    let token = kubectl(&["create", "token", sa, "-n", ns, "--duration", "1h"]).await;
+    let admin = std::fs::read_to_string(kubeconfig()).expect("admin kubeconfig");
+    let admin: serde_json::Value = serde_yaml::from_str(&admin).expect("kubeconfig yaml");
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{ "name": "c", "cluster": cluster }],
+        "users": [{ "name": "sa", "user": { "token": token.trim() } }],
+        "contexts": [{ "name": "sa", "context": { "cluster": "c", "user": "sa", "namespace": ns } }],
+        "current-context": "sa"
+    });
+    let path = std::env::temp_dir().join(format!("berth-sa-{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
+    path
 }

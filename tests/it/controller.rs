@@ -322,8 +322,12 @@ async fn a_steady_state_makes_no_writes() {
         || async { common::running_instances(&client, &ns).await == 200 },
     )
     .await;
-    // Let in-flight work (events, node status) settle, then watch for 30 s.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // In-flight work (Events, the node's status) settles: Berth's write count
+    // stops moving. Then nothing may be written for 30 s.
+    common::settled(Duration::from_secs(60), "Berth's writes", || {
+        server::kube_writes(&srv.base)
+    })
+    .await;
     let versions =
         |items: Vec<(String, Option<String>)>| items.into_iter().collect::<BTreeMap<_, _>>();
     let rv_instances = versions(
@@ -455,5 +459,246 @@ async fn only_the_lease_holder_reconciles_and_a_successor_takes_over() {
         "{holder}"
     );
     second.start_kill().expect("kill");
+    srv.finish().await;
+}
+
+/// The holder of the controllers' Lease.
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), ns)
+        .get_opt("berth-controller")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+#[tokio::test]
+async fn a_frozen_leader_stops_writing_until_it_leads_again() {
+    let srv = TestServer::start_with("ctl-frozen", &["--api-only"]).await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    let fake = FakeNode::create(&client).await;
+    srv.user("u1").await;
+    let node_id = srv.node(&fake.ip).await;
+    let args = [
+        "--controller-only",
+        "--lease-duration",
+        "4",
+        "--renew-deadline",
+        "3",
+        "--retry-period",
+        "1",
+    ];
+    let kubeconfig = common::kubeconfig();
+    let a = server::spawn_berth_with(&ns, &args, &kubeconfig, &[("POD_NAME", "ctl-a")]).await;
+    eventually(Duration::from_secs(30), "ctl-a leads", || async {
+        lease_holder(&client, &ns)
+            .await
+            .is_some_and(|h| h.starts_with("ctl-a-"))
+    })
+    .await;
+    let mut b = server::spawn_berth_with(&ns, &args, &kubeconfig, &[("POD_NAME", "ctl-b")]).await;
+    let first = deploy(&srv, &node_id, "u1", common::random_port()).await;
+    wait_state(&client, &ns, &first, InstanceState::Running).await;
+    let before = common::settled(Duration::from_secs(30), "ctl-a's writes", || {
+        server::kube_writes(&a.base)
+    })
+    .await;
+    assert!(before > 0, "the leader wrote");
+
+    // Frozen past its renew deadline: the follower takes over and works on.
+    let a_pid = a.child.id().expect("pid");
+    common::signal(a_pid, libc::SIGSTOP);
+    eventually(Duration::from_secs(30), "ctl-b takes over", || async {
+        lease_holder(&client, &ns)
+            .await
+            .is_some_and(|h| h.starts_with("ctl-b-"))
+    })
+    .await;
+    let during =
+        futures::future::join_all((0..10).map(|i| deploy(&srv, &node_id, "u1", 21000 + i))).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete(&first, &Default::default())
+        .await
+        .expect("delete a Pod");
+    for id in &during {
+        wait_state(&client, &ns, id, InstanceState::Running).await;
+    }
+
+    // Thawed: it sees a world it no longer leads; it must not write into it.
+    common::signal(a_pid, libc::SIGCONT);
+    let after = deploy(&srv, &node_id, "u1", 22000).await;
+    wait_state(&client, &ns, &after, InstanceState::Running).await;
+    eventually(
+        Duration::from_secs(30),
+        "ctl-a notices it stopped leading",
+        || async { a.logs.lock().expect("lock").contains("stopped leading") },
+    )
+    .await;
+    let thawed = common::settled(Duration::from_secs(30), "ctl-a's writes", || {
+        server::kube_writes(&a.base)
+    })
+    .await;
+    assert_eq!(
+        thawed, before,
+        "the old leader wrote after losing the Lease"
+    );
+    assert!(
+        lease_holder(&client, &ns)
+            .await
+            .is_some_and(|h| h.starts_with("ctl-b-")),
+        "the new leader keeps the Lease"
+    );
+
+    // Until it leads again: then it writes.
+    b.child.start_kill().expect("kill ctl-b");
+    let _ = b.child.wait().await;
+    eventually(Duration::from_secs(30), "ctl-a leads again", || async {
+        lease_holder(&client, &ns)
+            .await
+            .is_some_and(|h| h.starts_with("ctl-a-"))
+    })
+    .await;
+    let last = deploy(&srv, &node_id, "u1", 23000).await;
+    wait_state(&client, &ns, &last, InstanceState::Running).await;
+    assert!(
+        server::kube_writes(&a.base).await > before,
+        "leading again, it writes"
+    );
+    drop(a);
+    fake.delete(&client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn pods_are_pinned_by_node_name_whatever_the_hostname_label() {
+    let srv = TestServer::start("ctl-pin-name").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    // On clouds the hostname label often differs from the node's name.
+    let fake = FakeNode::create_with(&client, None, Some("ip-10-0-0-7.internal")).await;
+    srv.user("u1").await;
+    let node_id = srv.node(&fake.ip).await;
+    let id = deploy(&srv, &node_id, "u1", common::random_port()).await;
+    let inst = wait_state(&client, &ns, &id, InstanceState::Running).await;
+    assert_eq!(
+        inst.status.and_then(|s| s.kubernetes_node),
+        Some(fake.name.clone())
+    );
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get(&id)
+        .await
+        .expect("pod");
+    let spec = pod.spec.expect("spec");
+    assert_eq!(spec.node_name.as_deref(), Some(fake.name.as_str()));
+    let term = serde_json::to_value(
+        &spec
+            .affinity
+            .expect("affinity")
+            .node_affinity
+            .expect("node affinity")
+            .required_during_scheduling_ignored_during_execution
+            .expect("required")
+            .node_selector_terms[0],
+    )
+    .expect("json");
+    assert_eq!(
+        term,
+        json!({ "matchFields": [{ "key": "metadata.name", "operator": "In", "values": [fake.name] }] })
+    );
+    fake.delete(&client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn an_address_two_kubernetes_nodes_share_is_never_guessed() {
+    let srv = TestServer::start("ctl-ambiguous").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    let first = FakeNode::create(&client).await;
+    let second = FakeNode::create_with(&client, Some(&first.ip), None).await;
+    srv.user("u1").await;
+    let node_id = srv.node(&first.ip).await;
+    let nodes: Api<Node> = Api::namespaced(client.clone(), &ns);
+    let mut candidates = [first.name.clone(), second.name.clone()];
+    candidates.sort();
+    let named = candidates.join(", ");
+    eventually(
+        Duration::from_secs(30),
+        "the node Unknown, naming both",
+        || async {
+            nodes
+                .get(&node_id)
+                .await
+                .ok()
+                .and_then(|n| n.status)
+                .is_some_and(|s| {
+                    s.state == Some(NodeState::Unknown)
+                        && s.reason.as_deref() == Some("AmbiguousAddress")
+                        && s.kubernetes_node.is_none()
+                        && s.message.as_deref().is_some_and(|m| m.contains(&named))
+                })
+        },
+    )
+    .await;
+    let a = srv
+        .call(
+            "POST",
+            "/api/instances/deploy",
+            Some(json!({ "image": "Python", "memory": 64, "cpu": 0.05,
+            "ports": "25565", "nodeId": node_id, "name": "x", "user": "u1", "primary": 25565 })),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert!(
+        a.body["error"].as_str().is_some_and(|e| e.contains(&named)),
+        "{a:?}"
+    );
+    // Naming the Kubernetes node settles it.
+    let a = srv
+        .call(
+            "POST",
+            "/api/nodes/create",
+            Some(json!({ "name": "N", "address": first.ip, "kubernetesNode": second.name })),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let chosen = a.body["id"].as_str().expect("id").to_owned();
+    let id = deploy(&srv, &chosen, "u1", common::random_port()).await;
+    let inst = wait_state(&client, &ns, &id, InstanceState::Running).await;
+    assert_eq!(
+        inst.status.and_then(|s| s.kubernetes_node),
+        Some(second.name.clone())
+    );
+    first.delete(&client).await;
+    second.delete(&client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn berth_nodes_on_one_machine_share_its_host_ports() {
+    let srv = TestServer::start("ctl-port-space").await;
+    let client = srv.client.clone();
+    let fake = FakeNode::create(&client).await;
+    srv.user("u1").await;
+    let a_node = srv.node(&fake.ip).await;
+    let b_node = srv.node(&fake.ip).await;
+    let port = common::random_port();
+    deploy(&srv, &a_node, "u1", port).await;
+    let b = srv
+        .call("POST", "/api/instances/deploy", Some(json!({ "image": "Python", "memory": 64, "cpu": 0.05,
+            "ports": port.to_string(), "nodeId": b_node, "name": "x", "user": "u1", "primary": port })))
+        .await;
+    assert_eq!(
+        (b.status, b.body),
+        (
+            400,
+            json!({ "error": format!(
+            "Host port {port} is already in use on Kubernetes node {} (by an instance on node {a_node})", fake.name) })
+        )
+    );
+    let claims = Api::<ConfigMap>::namespaced(client.clone(), &srv.ns)
+        .list(&ListParams::default().labels("berth.dev/claim=hostport"))
+        .await
+        .expect("claims");
+    assert_eq!(claims.items.len(), 1);
+    fake.delete(&client).await;
     srv.finish().await;
 }

@@ -60,13 +60,19 @@ async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
         .await
         .expect("run schemathesis");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let cases = std::fs::read_to_string(&report)
+    // Every finished scenario records the cases it ran.
+    let cases: usize = std::fs::read_to_string(&report)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("\"ScenarioFinished\""))
-        .count();
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| {
+            e["ScenarioFinished"]["recorder"]["cases"]
+                .as_object()
+                .map(|c| c.len())
+        })
+        .sum();
     eprintln!(
-        "schemathesis: {cases} scenarios\n{}",
+        "schemathesis: {cases} cases\n{}",
         text.lines()
             .rev()
             .take(25)
@@ -81,6 +87,10 @@ async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
         out.status.success(),
         "schemathesis found failures:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cases >= 1000,
+        "schemathesis ran only {cases} cases (at least 1,000 expected)"
     );
     srv.finish().await;
 }

@@ -13,5 +13,6 @@ mod controller;
 mod crds;
 mod drift;
 mod fuzz;
+mod leader;
 mod reliability;
 mod serve;

@@ -388,6 +388,7 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
                     // Retries on connection errors with the same request and key.
                     let body = deploy_body(&node, 20000 + i as i32);
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                    let mut interrupted = 0;
                     loop {
                         let sent = http
                             .post(format!("{base}/api/instances/deploy"))
@@ -402,14 +403,21 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
                                 if resp.status() == 503
                                     && tokio::time::Instant::now() < deadline =>
                             {
+                                interrupted += 1;
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                             Ok(resp) => {
                                 let status = resp.status().as_u16();
                                 let v: Value = resp.json().await.unwrap_or(Value::Null);
-                                return (i, status, v["Id"].as_str().map(str::to_owned));
+                                return (
+                                    i,
+                                    status,
+                                    v["Id"].as_str().map(str::to_owned),
+                                    interrupted,
+                                );
                             }
                             Err(_) if tokio::time::Instant::now() < deadline => {
+                                interrupted += 1;
                                 tokio::time::sleep(Duration::from_millis(50)).await
                             }
                             Err(e) => panic!("deploy {i} never answered: {e}"),
@@ -436,10 +444,13 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
     let (answers, restarted) = tokio::join!(client_side, killer);
     let created: BTreeMap<usize, String> = answers
         .iter()
-        .filter(|(_, s, _)| *s == 201)
-        .map(|(i, _, id)| (*i, id.clone().expect("Id")))
+        .filter(|(_, s, _, _)| *s == 201)
+        .map(|(i, _, id, _)| (*i, id.clone().expect("Id")))
         .collect();
-    let failed: Vec<_> = answers.iter().filter(|(_, s, _)| *s != 201).collect();
+    let failed: Vec<_> = answers.iter().filter(|(_, s, _, _)| *s != 201).collect();
+    // The crash must really interrupt requests, which the clients then retried.
+    let retried = answers.iter().filter(|(_, _, _, n)| *n > 0).count();
+    assert!(retried > 0, "no deploy was interrupted by the crash");
     assert!(failed.is_empty(), "every deploy ends in 201: {failed:?}");
     assert_eq!(created.len(), DEPLOYS);
     let ids: BTreeSet<&String> = created.values().collect();
@@ -473,7 +484,7 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
         .len();
     assert_eq!(pod_count, DEPLOYS, "one Pod per instance");
     eprintln!(
-        "crash: {DEPLOYS} deploys, {} instances, {pod_count} pods, 0 lost",
+        "crash: {DEPLOYS} deploys, {retried} interrupted and retried, {} instances, {pod_count} pods, 0 lost",
         instances.len()
     );
     drop(restarted);
@@ -483,10 +494,11 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_in_flight_requests() {
+async fn sigterm_answers_what_it_accepted_then_refuses_new_connections() {
     let srv = TestServer::start_with("rel-drain", &["--api-only"]).await;
     let node = setup(&srv).await;
-    let victim = server::spawn_berth(&srv.ns, &["--api-only"]).await;
+    const DELAY: Duration = Duration::from_secs(2);
+    let victim = server::spawn_berth(&srv.ns, &["--api-only", "--shutdown-delay", "2"]).await;
     let http = reqwest::Client::new();
     let base = victim.base.clone();
     let requests = futures::future::join_all((0..100).map(|i| {
@@ -500,12 +512,30 @@ async fn sigterm_drains_in_flight_requests() {
                 .await
         }
     }));
-    let term = async {
+    // New connections, one every 50 ms from the signal on: what each one met.
+    let probes = async {
         tokio::time::sleep(Duration::from_millis(120)).await;
-        // SAFETY: kill(2) with SIGTERM on the child this test started.
-        unsafe { libc::kill(victim.child.id().expect("pid") as i32, libc::SIGTERM) };
+        common::signal(victim.child.id().expect("pid"), libc::SIGTERM);
+        let signalled = tokio::time::Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let fresh = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client");
+            let outcome = match fresh.get(format!("{base}/readyz")).send().await {
+                Ok(r) => Ok(r.status().as_u16()),
+                Err(e) if e.is_connect() => Err("refused"),
+                Err(e) => panic!("a new connection was accepted but not answered: {e:?}"),
+            };
+            seen.push((signalled.elapsed(), outcome));
+            if outcome.is_err() || signalled.elapsed() > Duration::from_secs(20) {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     };
-    let (results, ()) = tokio::join!(requests, term);
+    let (results, seen) = tokio::join!(requests, probes);
     let mut answered = 0;
     let mut refused = 0;
     for r in results {
@@ -520,7 +550,25 @@ async fn sigterm_drains_in_flight_requests() {
         }
     }
     assert!(answered > 0, "some requests were in flight");
-    eprintln!("drain: {answered} answered, {refused} refused after shutdown began");
+    // In order: unready but answering during the delay, then refusing.
+    let (last_at, last) = seen.last().copied().expect("probes");
+    assert_eq!(
+        last,
+        Err("refused"),
+        "new connections are refused in the end: {seen:?}"
+    );
+    assert!(
+        last_at >= DELAY,
+        "refused only after the shutdown delay: {seen:?}"
+    );
+    for (at, outcome) in &seen[..seen.len() - 1] {
+        assert_eq!(*outcome, Ok(503), "answered, unready, at {at:?}: {seen:?}");
+    }
+    assert!(seen.len() > 10, "probed during the delay: {seen:?}");
+    eprintln!(
+        "drain: {answered} answered, {refused} refused; new connections answered 503 for {:?}, refused from {last_at:?}",
+        seen[seen.len() - 2].0
+    );
     srv.finish().await;
 }
 
@@ -599,5 +647,184 @@ async fn instance_pods_run_hardened() {
         let res = c.resources.clone().expect("resources");
         assert_eq!(res.requests, res.limits, "{}: requests = limits", c.name);
     }
+    srv.finish().await;
+}
+
+/// Host ports `first..first+n` as a Skyport port string.
+fn port_range(first: i32, n: i32) -> String {
+    (first..first + n)
+        .map(|p| format!("{p}:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test]
+async fn a_deploy_whose_client_leaves_is_made_whole_or_not_at_all() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use tokio::io::AsyncWriteExt;
+
+    let srv = TestServer::start("rel-cancel").await;
+    let fake = common::FakeNode::create(&srv.client).await;
+    srv.user("u1").await;
+    let node = srv.node(&fake.ip).await;
+    const TRIES: i32 = 50;
+    // Many ports: the claims take a while after the Instance exists, and the
+    // client leaves in the middle of them.
+    const PORTS: i32 = 16;
+    // Every fifth deploy also asks for a port that another instance holds; the
+    // informer cannot see it (that instance names no node of this machine), so
+    // the conflict shows only at its claim, last: those deploys roll back.
+    const BLOCKED: i32 = 19999;
+    let api: Api<Instance> = Api::namespaced(srv.client.clone(), &srv.ns);
+    let holder: Instance = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "metadata": { "name": "holder" },
+        "spec": { "displayName": "holder", "userId": "u1", "image": "python:3.12", "node": "elsewhere",
+                  "memory": 64, "cpu": 0.05, "ports": [{ "containerPort": BLOCKED, "hostPort": BLOCKED }],
+                  "primaryPort": BLOCKED }
+    }))
+    .expect("instance");
+    let holder = api
+        .create(&Default::default(), &holder)
+        .await
+        .expect("holder");
+    let claim: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": berth::store::claims::claim_name(
+                berth::store::claims::ClaimKind::HostPort,
+                &berth::store::claims::host_port_key(&fake.name, BLOCKED)),
+            "labels": { "app.kubernetes.io/managed-by": "berth", "berth.dev/claim": "hostport" },
+            "ownerReferences": [{ "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "name": "holder",
+                                  "uid": holder.uid().expect("uid"), "controller": true }]
+        },
+        "data": { "holder": "holder" }
+    }))
+    .expect("claim");
+    Api::<ConfigMap>::namespaced(srv.client.clone(), &srv.ns)
+        .create(&Default::default(), &claim)
+        .await
+        .expect("blocking claim");
+    let (created_tx, mut created) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let watch = tokio::spawn(
+        watcher(api.clone(), watcher::Config::default())
+            .applied_objects()
+            .for_each(move |i| {
+                if let Ok(i) = i {
+                    let _ = created_tx.send(i.spec.display_name.clone());
+                }
+                async {}
+            }),
+    );
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    let mut left_early = 0;
+    for t in 0..TRIES {
+        let first = 20000 + t * PORTS;
+        let name = format!("try-{t}");
+        let ports = if t % 5 == 4 {
+            format!("{},{BLOCKED}:{BLOCKED}", port_range(first, PORTS - 1))
+        } else {
+            port_range(first, PORTS)
+        };
+        let body = json!({ "image": "Python", "memory": 64, "cpu": 0.05, "ports": ports,
+                           "nodeId": node, "name": name, "user": "u1", "primary": first })
+        .to_string();
+        let request = format!(
+            "POST /api/instances/deploy HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            srv.key,
+            body.len()
+        );
+        let mut conn = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        conn.write_all(request.as_bytes()).await.expect("send");
+        // Leave as soon as the Instance exists (the protocol is half-way), unless
+        // the answer comes first.
+        let mut answer = [0u8; 512];
+        let left = tokio::select! {
+            _ = async {
+                while let Some(n) = created.recv().await {
+                    if n == name {
+                        return;
+                    }
+                }
+            } => true,
+            read = tokio::io::AsyncReadExt::read(&mut conn, &mut answer) => {
+                let n = read.unwrap_or(0);
+                eprintln!("{name}: answered first: {}", String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or_default());
+                false
+            }
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("{name}: neither created nor answered"),
+        };
+        if left {
+            left_early += 1;
+        }
+        drop(conn);
+    }
+    watch.abort();
+    // Every Instance holds all its claims; every claim's holder exists. Nothing
+    // in between, however long we look.
+    let claims: Api<ConfigMap> = Api::namespaced(srv.client.clone(), &srv.ns);
+    let whole = || async {
+        let instances = api.list(&ListParams::default()).await.expect("list").items;
+        let held = claims
+            .list(&ListParams::default().labels("berth.dev/claim=hostport"))
+            .await
+            .expect("claims")
+            .items;
+        let instances: Vec<Instance> = instances
+            .into_iter()
+            .filter(|i| i.name_any() != "holder")
+            .collect();
+        let names: BTreeSet<String> = instances
+            .iter()
+            .map(|i| i.name_any())
+            .chain(["holder".to_owned()])
+            .collect();
+        let mut per_holder: BTreeMap<String, usize> = BTreeMap::new();
+        let mut orphans = 0;
+        for c in &held {
+            let holder = c
+                .data
+                .as_ref()
+                .and_then(|d| d.get("holder"))
+                .cloned()
+                .unwrap_or_default();
+            if names.contains(&holder) {
+                *per_holder.entry(holder).or_insert(0) += 1;
+            } else {
+                orphans += 1;
+            }
+        }
+        let half_made = instances
+            .iter()
+            .filter(|i| per_holder.get(&i.name_any()).copied().unwrap_or(0) != PORTS as usize)
+            .count();
+        (instances.len(), half_made, orphans)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every instance whole and no claim without its instance",
+        || async {
+            let (n, half, orphans) = whole().await;
+            eprintln!("instances {n}, half-made {half}, orphan claims {orphans}");
+            half == 0 && orphans == 0
+        },
+    )
+    .await;
+    let (made, half, _) = whole().await;
+    eprintln!(
+        "client left early in {left_early} of {TRIES} deploys: {made} made whole, {} rolled back, {half} half-made",
+        TRIES as usize - made
+    );
+    assert!(
+        left_early > TRIES / 2,
+        "the client must leave mid-protocol: {left_early}"
+    );
+    assert_eq!(
+        (made, TRIES as usize - made),
+        (40, 10),
+        "the deploys without a conflict are made, the others rolled back"
+    );
+    fake.delete(&srv.client).await;
     srv.finish().await;
 }

@@ -87,6 +87,36 @@ pub async fn spawn_berth(ns: &str, args: &[&str]) -> Berth {
 
 /// Starts `berth serve` with the identity of another kubeconfig.
 pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth {
+    spawn_berth_with(ns, args, kubeconfig, &[]).await
+}
+
+/// Starts `berth serve` with extra environment variables (e.g. `POD_NAME`, which
+/// names it in the leader Lease) and waits until it is ready.
+pub async fn spawn_berth_with(
+    ns: &str,
+    args: &[&str],
+    kubeconfig: &Path,
+    env: &[(&str, &str)],
+) -> Berth {
+    let berth = start_berth(ns, args, kubeconfig, env).await;
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "berth serve ready", || async {
+        http.get(format!("{}/readyz", berth.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    berth
+}
+
+/// Starts `berth serve` and waits only until it answers `/healthz`.
+pub async fn start_berth(
+    ns: &str,
+    args: &[&str],
+    kubeconfig: &Path,
+    env: &[(&str, &str)],
+) -> Berth {
     let given = args
         .iter()
         .position(|a| *a == "--listen")
@@ -104,6 +134,7 @@ pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(&all)
         .env("KUBECONFIG", kubeconfig)
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             "debug,kube=info,hyper=info,tower=info,h2=info,rustls=info",
@@ -129,8 +160,8 @@ pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth
     }
     let base = format!("http://{listen}");
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "berth serve ready", || async {
-        http.get(format!("{base}/readyz"))
+    eventually(Duration::from_secs(30), "berth serve listening", || async {
+        http.get(format!("{base}/healthz"))
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)
@@ -139,14 +170,20 @@ pub async fn spawn_berth_as(ns: &str, args: &[&str], kubeconfig: &Path) -> Berth
     Berth { child, base, logs }
 }
 
-/// A counter from a server's /metrics, e.g. `berth_kube_requests_total{verb="patch"}`.
-pub async fn metric(base: &str, series: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+/// The text of a server's /metrics.
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
+        .expect("text")
+}
+
+/// A counter from a server's /metrics, e.g.
+/// `berth_reconciles_total{controller="instance",result="ok"}`.
+pub async fn metric(base: &str, series: &str) -> u64 {
+    let text = metrics(base).await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -155,17 +192,31 @@ pub async fn metric(base: &str, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
-/// Writes (create, update, patch, delete) a server made to the API server so far.
+/// The sum of every series of `name` whose labels include all of `labels`
+/// (e.g. `verb="patch"`) and none of `without`.
+pub fn sum_series(text: &str, name: &str, labels: &[&str], without: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)) && !without.iter().any(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Writes (create, update, patch, delete) a server made to the API server so far,
+/// other than renewals of its leader Lease.
 pub async fn kube_writes(base: &str) -> u64 {
-    let mut total = 0;
-    for verb in ["create", "update", "patch", "delete"] {
-        total += metric(
-            base,
-            &format!("berth_kube_requests_total{{verb=\"{verb}\"}}"),
-        )
-        .await;
-    }
-    total
+    let text = metrics(base).await;
+    ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|v| {
+            sum_series(
+                &text,
+                "berth_kube_requests_total",
+                &[&format!("verb=\"{v}\"")],
+                &["resource=\"leases\""],
+            )
+        })
+        .sum()
 }
 
 impl TestServer {
