@@ -130,12 +130,7 @@ pub fn cpu_quantity(cores: f64) -> Quantity {
 /// PRIMARY_PORT (the container side of the primary port) and SERVER_MEMORY (MiB).
 pub fn variables(inst: &Instance) -> BTreeMap<String, String> {
     let mut vars = inst.spec.variables.clone();
-    let primary = inst
-        .spec
-        .ports
-        .iter()
-        .find(|p| p.host_port == inst.spec.primary_port)
-        .map_or(inst.spec.primary_port, |p| p.container_port);
+    let primary = inst.spec.primary_container_port();
     vars.insert("PRIMARY_PORT".into(), primary.to_string());
     vars.insert("SERVER_MEMORY".into(), inst.spec.memory.to_string());
     vars

@@ -91,6 +91,17 @@ pub struct InstanceSpec {
     pub suspended: bool,
 }
 
+impl InstanceSpec {
+    /// The container side of the primary port: what the game server listens on,
+    /// and what it sees as `PRIMARY_PORT`.
+    pub fn primary_container_port(&self) -> i32 {
+        self.ports
+            .iter()
+            .find(|p| p.host_port == self.primary_port)
+            .map_or(self.primary_port, |p| p.container_port)
+    }
+}
+
 /// One port of a game server: where it listens in the container and which port of
 /// the node forwards to it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -100,7 +100,7 @@ pub enum DeployError {
     Task(String),
 }
 
-fn api(action: &'static str) -> impl FnOnce(kube::Error) -> DeployError {
+fn failed(action: &'static str) -> impl FnOnce(kube::Error) -> DeployError {
     move |source| DeployError::Api { action, source }
 }
 
@@ -264,10 +264,11 @@ pub async fn deploy(
     req: DeployRequest,
     keyed: Option<Keyed>,
 ) -> Result<Instance, DeployError> {
-    let plan = match &keyed {
-        // A retry meets its first attempt before anything is checked again.
-        Some(_) => None,
-        None => Some(plan(store, req.clone())?),
+    // A keyed request is checked only once it is known not to be a retry: a
+    // retry meets its first attempt whatever has changed since.
+    let checked = match keyed {
+        None => Checked::Now(plan(store, req)?),
+        Some(_) => Checked::Later(req),
     };
     let store = store.clone();
     tokio::spawn(async move {
@@ -276,9 +277,9 @@ pub async fn deploy(
         {
             return finish_earlier(&store, earlier).await;
         }
-        let plan = match plan {
-            Some(p) => p,
-            None => self::plan(&store, req)?,
+        let plan = match checked {
+            Checked::Now(p) => p,
+            Checked::Later(req) => plan(&store, req)?,
         };
         match create(&store, &plan, keyed.as_ref()).await? {
             Created::New(i) => complete(&store, i, &plan.kube_node, plan.node_uid.as_deref()).await,
@@ -298,7 +299,7 @@ async fn earlier_attempt(store: &Store, k: &Keyed) -> Result<Option<Instance>, D
         .instance_api()
         .get_opt(&k.key[..8])
         .await
-        .map_err(api("look up an earlier attempt"))?;
+        .map_err(failed("look up an earlier attempt"))?;
     let Some(found) = found.filter(|i| {
         i.annotations()
             .get(ANNOTATION_IDEMPOTENCY)
@@ -329,6 +330,12 @@ async fn finish_earlier(store: &Store, earlier: Instance) -> Result<Instance, De
             Err(invalid(format!("Node not found: {node}")))
         }
     }
+}
+
+/// A deploy checked before its task starts, or in it.
+enum Checked {
+    Now(Plan),
+    Later(DeployRequest),
 }
 
 enum Created {
@@ -373,14 +380,10 @@ async fn create(store: &Store, plan: &Plan, keyed: Option<&Keyed>) -> Result<Cre
                     return Ok(Created::Earlier(earlier));
                 }
             }
-            Err(e) => return Err(api_err("create the instance", e)),
+            Err(e) => return Err(failed("create the instance")(e)),
         }
     }
     Err(DeployError::NoFreeId)
-}
-
-fn api_err(action: &'static str, source: kube::Error) -> DeployError {
-    DeployError::Api { action, source }
 }
 
 /// A fresh short id: the first 8 hex digits of a UUIDv4, as Skyport made them.
@@ -459,7 +462,7 @@ async fn claim_ports(store: &Store, inst: &Instance, kube_node: &str) -> Result<
                     kube_node,
                 ));
             }
-            Err(ClaimError::Api(e)) => return Err(api_err("claim the host ports", e)),
+            Err(ClaimError::Api(e)) => return Err(failed("claim the host ports")(e)),
         }
     }
     Ok(())
@@ -481,7 +484,7 @@ async fn node_survives(
             .node_api()
             .get_opt(node_id)
             .await
-            .map_err(api("read the node"))?;
+            .map_err(failed("read the node"))?;
         let Some(node) = node.filter(|n| node_uid.is_none() || n.uid().as_deref() == node_uid)
         else {
             return Ok(false);

@@ -38,7 +38,7 @@ pub enum NodeError {
     },
 }
 
-fn api(action: &'static str) -> impl FnOnce(kube::Error) -> NodeError {
+fn failed(action: &'static str) -> impl FnOnce(kube::Error) -> NodeError {
     move |source| NodeError::Api { action, source }
 }
 
@@ -53,7 +53,7 @@ pub async fn create(store: &Store, spec: NodeSpec) -> Result<Node, NodeError> {
         .node_api()
         .create(&params, &Node::new(&id, spec))
         .await
-        .map_err(api("create the node"))?;
+        .map_err(failed("create the node"))?;
     store.nodes.upsert(created.clone());
     tracing::info!(node = %id, "node created");
     Ok(created)
@@ -91,7 +91,7 @@ pub async fn delete(store: &Store, id: &str) -> Result<(), NodeError> {
     match set_mark(store, id, Some(now)).await {
         Ok(()) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => return Err(NodeError::NotFound),
-        Err(e) => return Err(api("mark the node for deletion")(e)),
+        Err(e) => return Err(failed("mark the node for deletion")(e)),
     }
     let on_node = store
         .instance_api()
@@ -101,7 +101,7 @@ pub async fn delete(store: &Store, id: &str) -> Result<(), NodeError> {
                 .limit(1),
         )
         .await
-        .map_err(api("list the node's instances"))?;
+        .map_err(failed("list the node's instances"))?;
     if !on_node.items.is_empty() {
         if let Err(e) = set_mark(store, id, None).await {
             tracing::warn!(node = %id, error = %e, "failed to clear a deletion mark; it expires by itself");
@@ -121,7 +121,7 @@ pub async fn delete(store: &Store, id: &str) -> Result<(), NodeError> {
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
             return Err(NodeError::NotFound);
         }
-        Err(e) => return Err(api("delete the node")(e)),
+        Err(e) => return Err(failed("delete the node")(e)),
     };
     store.nodes.remove(&deleted);
     tracing::info!(node = %id, "node deleted");

@@ -986,60 +986,44 @@ async fn imagename_is_informational_unless_image_names_nothing() {
     let srv = TestServer::start("api-imagename").await;
     let node = create_node(&srv, None).await;
     create_user(&srv, "steve", "u1").await;
-    let with = |image: &str, imagename: &str, port: i32| {
+    // Deploys with `image` and `imagename`; the answer and the instance read back.
+    let deploy = |image: &'static str, imagename: &'static str, port: i32| {
         let mut b = deploy_body(&node, "u1", &port.to_string());
         b["image"] = json!(image);
         b["imagename"] = json!(imagename);
-        b
+        let srv = &srv;
+        async move {
+            let a = srv.call("POST", "/api/instances/deploy", Some(b)).await;
+            let got = match a.body["Id"].as_str() {
+                Some(id) => {
+                    srv.call("POST", "/api/getInstance", Some(json!({ "id": id })))
+                        .await
+                        .body
+                }
+                None => Value::Null,
+            };
+            (a, got)
+        }
     };
+    let paper = "Minecraft: Java Edition (Paper)";
     // A bot sends a word of its own as imagename: the image decides.
-    let a = srv
-        .call(
-            "POST",
-            "/api/instances/deploy",
-            Some(with(
-                "ghcr.io/skyportlabs/images:java21",
-                "my paper server",
-                25565,
-            )),
-        )
-        .await;
+    let (a, got) = deploy(
+        "ghcr.io/skyportlabs/images:java21",
+        "my paper server",
+        25565,
+    )
+    .await;
     assert_eq!(a.status, 201, "{a:?}");
-    let id = a.body["Id"].as_str().expect("Id").to_owned();
-    let got = srv
-        .call("POST", "/api/getInstance", Some(json!({ "id": id })))
-        .await;
-    assert_eq!(got.body["Image"], "ghcr.io/skyportlabs/images:java21");
-    assert_eq!(got.body["ImageName"], "Minecraft: Java Edition (Paper)");
-    // image names nothing: imagename is tried.
-    let a = srv
-        .call(
-            "POST",
-            "/api/instances/deploy",
-            Some(with(
-                "paper-latest",
-                "Minecraft: Java Edition (Paper)",
-                25566,
-            )),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{a:?}");
-    let id = a.body["Id"].as_str().expect("Id").to_owned();
-    let got = srv
-        .call("POST", "/api/getInstance", Some(json!({ "id": id })))
-        .await;
     assert_eq!(
-        got.body["Image"], "ghcr.io/skyportlabs/images:java21",
-        "the catalog's image runs"
+        (&got["Image"], &got["ImageName"]),
+        (&json!("ghcr.io/skyportlabs/images:java21"), &json!(paper))
     );
+    // image names nothing: imagename is tried, and the catalog's image runs.
+    let (a, got) = deploy("paper-latest", paper, 25566).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(got["Image"], "ghcr.io/skyportlabs/images:java21");
     // Neither names anything: 400.
-    let a = srv
-        .call(
-            "POST",
-            "/api/instances/deploy",
-            Some(with("paper-latest", "no such image", 25567)),
-        )
-        .await;
+    let (a, _) = deploy("paper-latest", "no such image", 25567).await;
     assert_eq!(
         (a.status, a.body),
         (

@@ -390,15 +390,7 @@ async fn only_the_lease_holder_reconciles_and_a_successor_takes_over() {
     let (client, ns) = (srv.client.clone(), srv.ns.clone());
     srv.user("u1").await;
     let node_id = srv.node("127.0.10.1").await;
-    let args = [
-        "--controller-only",
-        "--lease-duration",
-        "3",
-        "--renew-deadline",
-        "2",
-        "--retry-period",
-        "1",
-    ];
+    let args = server::FAST_ELECTION;
     let server::Berth {
         child: mut first,
         base: first_base,

@@ -353,19 +353,7 @@ async fn a_crash_during_keyed_deploys_loses_and_duplicates_nothing() {
     srv.user("u1").await;
     let node = srv.node(&fake.ip).await;
     // The controllers in a process of their own, so the crash hits the API mid-flight.
-    let controllers = server::spawn_berth(
-        &srv.ns,
-        &[
-            "--controller-only",
-            "--lease-duration",
-            "3",
-            "--renew-deadline",
-            "2",
-            "--retry-period",
-            "1",
-        ],
-    )
-    .await;
+    let controllers = server::spawn_berth(&srv.ns, &server::FAST_ELECTION).await;
     let fake_node = node;
     // A second API process to crash; the test server stays up to read from.
     let victim = server::spawn_berth(&srv.ns, &["--api-only"]).await;
@@ -826,5 +814,39 @@ async fn a_deploy_whose_client_leaves_is_made_whole_or_not_at_all() {
         "the deploys without a conflict are made, the others rolled back"
     );
     fake.delete(&srv.client).await;
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start_with("rel-slowloris", &["--header-read-timeout", "1"]).await;
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    // Slowloris: a request line and one header, then silence.
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /api/users HTTP/1.1\r\nhost: berth\r\n")
+        .await
+        .expect("send");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // an error answer before closing is fine
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection is still open after 10 s");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "cut off after {after:?}, not at the 1 s header timeout"
+    );
+    // Everybody else is served as before.
+    assert_eq!(srv.call("GET", "/api/users", None).await.status, 200);
     srv.finish().await;
 }

@@ -70,12 +70,7 @@ pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
     let id = inst.name_any();
     let node: Option<Arc<Node>> = state.store.nodes.get(&inst.spec.node);
     let status = inst.status.as_ref();
-    let primary_container = inst
-        .spec
-        .ports
-        .iter()
-        .find(|p| p.host_port == inst.spec.primary_port)
-        .map_or(inst.spec.primary_port, |p| p.container_port);
+    let primary_container = inst.spec.primary_container_port();
     let mut env: Vec<String> = inst
         .spec
         .variables
