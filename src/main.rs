@@ -90,7 +90,7 @@ struct ServeArgs {
     /// Seconds to keep serving, unready, after SIGTERM before closing connections.
     #[arg(long, default_value_t = 2, env = "BERTH_SHUTDOWN_DELAY")]
     shutdown_delay: u64,
-    /// Image of the init container that fetches install files (needs sh and curl).
+    /// Image of the init container that fetches install files (needs sh, and curl or wget).
     #[arg(long, env = "BERTH_INIT_IMAGE", default_value_t = berth::controller::PodSettings::default().init_image)]
     init_image: String,
     /// Storage class of per-instance volume claims; unset: an emptyDir (data lost when the Pod goes).

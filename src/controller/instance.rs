@@ -291,6 +291,17 @@ pub fn announcements(
     mut held: Vec<Happening>,
 ) -> Vec<Happening> {
     let old_state = old.and_then(|s| s.state);
+    // A restart is news whatever the state: the kubelet restarted a crashed or
+    // killed server (kwok never does).
+    let restarts = new.restarts.unwrap_or(0);
+    if restarts > old.and_then(|s| s.restarts).unwrap_or(0) {
+        let how = new.last_exit.as_deref().unwrap_or("unknown");
+        held.push(Happening::new(
+            EventType::Warning,
+            "Restarted",
+            format!("the game server ended ({how}); restarted by the kubelet, {restarts} restarts so far"),
+        ));
+    }
     let Some(state) = new.state.filter(|s| Some(*s) != old_state) else {
         return held;
     };
@@ -511,6 +522,22 @@ mod tests {
             "scheduled on kwok-node-3; running at 127.0.10.3:25565"
         );
         assert!(announcements(Some(&running), &running, Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_restart_by_the_kubelet_is_told_once() {
+        let running = status_of(InstanceState::Running);
+        let mut restarted = running.clone();
+        restarted.restarts = Some(1);
+        restarted.last_exit = Some("OOMKilled (exit 137)".into());
+        let told = announcements(Some(&running), &restarted, Vec::new());
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(
+            (told[0].type_, told[0].reason.as_str()),
+            (EventType::Warning, "Restarted")
+        );
+        assert!(told[0].note.contains("OOMKilled (exit 137)"), "{told:?}");
+        assert!(announcements(Some(&restarted), &restarted, Vec::new()).is_empty());
     }
 
     #[test]

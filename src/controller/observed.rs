@@ -57,13 +57,46 @@ pub struct ObservedPodStatus {
     pub init_container_statuses: Option<Vec<ObservedContainer>>,
 }
 
-/// A container's name and why it waits, if it does.
+/// A container's name, why it waits, if it does, and how it last ended.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ObservedContainer {
     /// Container name.
     pub name: String,
     /// Its state; only waiting is read.
     pub state: Option<ObservedContainerState>,
+    /// How the previous run of the container ended (a real kubelet says; kwok never restarts).
+    pub last_state: Option<ObservedLastState>,
+    /// How many times the kubelet restarted the container.
+    #[serde(default)]
+    pub restart_count: i32,
+}
+
+/// How a container's previous run ended.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedLastState {
+    /// Set when it ended.
+    pub terminated: Option<ObservedTermination>,
+}
+
+/// Why a container's run ended.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedTermination {
+    /// The kubelet's reason (`OOMKilled`, `Error`, `Completed`).
+    pub reason: Option<String>,
+    /// The exit code.
+    #[serde(default)]
+    pub exit_code: i32,
+}
+
+impl ObservedContainer {
+    /// How its previous run ended, as people read it: `OOMKilled (exit 137)`.
+    pub fn last_exit(&self) -> Option<String> {
+        let t = self.last_state.as_ref()?.terminated.as_ref()?;
+        let reason = t.reason.as_deref().unwrap_or("Exited");
+        Some(format!("{reason} (exit {})", t.exit_code))
+    }
 }
 
 /// Whether a container waits, and why.
@@ -116,6 +149,16 @@ impl ObservedPod {
     /// The Kubernetes node the Pod is pinned to by its required node affinity.
     pub fn pinned_node(&self) -> Option<&str> {
         pinned_node(self.spec.as_ref()?.affinity.as_ref())
+    }
+
+    /// The status of the container named `name`.
+    pub fn container(&self, name: &str) -> Option<&ObservedContainer> {
+        self.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == name)
     }
 }
 

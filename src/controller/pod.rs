@@ -32,7 +32,8 @@ const DATA_VOLUME: &str = "data";
 /// Operator-wide settings of instance Pods (the chart's values).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodSettings {
-    /// Image of the init container that fetches install files (needs `sh` and `curl`).
+    /// Image of the init container that fetches install files (needs `sh`, and
+    /// `curl` or `wget`).
     pub init_image: String,
     /// Storage class for per-instance volume claims; `None` uses an emptyDir.
     pub storage_class: Option<String>,
@@ -258,7 +259,16 @@ fn install_container(
             "  if [ ! -e \"$dest\" ]; then\n",
             "    mkdir -p \"$(dirname \"$dest\")\"\n",
             "    echo \"fetching $2\"\n",
-            "    curl -fsSL --retry 3 --max-time 600 -o \"$dest.part\" \"$1\" && mv \"$dest.part\" \"$dest\"\n",
+            // curl where the image has it, else wget (busybox images have only
+            // that). Not `wget -T`: busybox 1.35's (Debian 12) crashes with it.
+            "    if command -v curl >/dev/null; then\n",
+            "      curl -fsSL --retry 3 --max-time 600 -o \"$dest.part\" \"$1\"\n",
+            "    elif command -v timeout >/dev/null; then\n",
+            "      timeout 600 wget -q -O \"$dest.part\" \"$1\"\n",
+            "    else\n",
+            "      wget -q -O \"$dest.part\" \"$1\"\n",
+            "    fi\n",
+            "    mv \"$dest.part\" \"$dest\"\n",
             "  fi\n",
             "  shift 2\n",
             "done\n"

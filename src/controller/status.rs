@@ -85,10 +85,18 @@ fn failing_container(pod: &ObservedPod) -> Option<(String, String, bool)> {
         let waiting = c.state.as_ref()?.waiting.as_ref()?;
         let reason = waiting.reason.clone()?;
         FAILING.contains(&reason.as_str()).then(|| {
-            let message = waiting
+            let mut message = waiting
                 .message
                 .clone()
                 .unwrap_or_else(|| format!("container {} is {reason}", c.name));
+            // A crash loop's own message says only "back-off"; why it crashed is
+            // in the previous run's termination.
+            if let Some(exit) = c.last_exit() {
+                message = format!(
+                    "last exit {exit} after {} restarts; {message}",
+                    c.restart_count
+                );
+            }
             (reason, message, is_init)
         })
     })
@@ -307,9 +315,14 @@ pub fn derive(inst: &Instance, obs: &Observed, now: &Time) -> InstanceStatus {
             }
         })
         .collect();
+    let server = obs
+        .pod
+        .and_then(|p| p.container(super::pod::SERVER_CONTAINER));
     InstanceStatus {
         state: Some(state),
         conditions,
+        restarts: server.map(|c| c.restart_count).filter(|n| *n > 0),
+        last_exit: server.and_then(|c| c.last_exit()),
         pod_name: obs.pod.and_then(|p| p.metadata.name.clone()),
         kubernetes_node: obs
             .pod
@@ -427,6 +440,39 @@ mod tests {
             assert_eq!(s.state, Some(InstanceState::Failed), "{reason}");
             assert_eq!(ready_of(&s), ("False", reason));
         }
+    }
+
+    #[test]
+    fn a_restarted_server_says_how_it_last_ended() {
+        let statuses = json!([{ "name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+                                "lastState": { "terminated": { "reason": "OOMKilled", "exitCode": 137 } },
+                                "state": { "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 20s" } } }]);
+        let p = pod(
+            json!({ "phase": "Running", "containerStatuses": statuses }),
+            Some("n1"),
+        );
+        let s = derive(
+            &instance(false),
+            &Observed {
+                pod: Some(&p),
+                ..Observed::default()
+            },
+            &now(),
+        );
+        assert_eq!(s.state, Some(InstanceState::Failed));
+        assert_eq!(
+            (s.restarts, s.last_exit.as_deref()),
+            (Some(2), Some("OOMKilled (exit 137)"))
+        );
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready");
+        assert_eq!(
+            ready.message,
+            "last exit OOMKilled (exit 137) after 2 restarts; back-off 20s"
+        );
     }
 
     #[test]

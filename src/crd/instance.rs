@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
     printcolumn(name = "Address", type_ = "string", json_path = ".status.address"),
+    printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "User", type_ = "string", json_path = ".spec.userId"),
     printcolumn(
@@ -134,6 +135,13 @@ pub struct InstanceStatus {
     /// Address players connect to: the node's address and the primary port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// How many times the game server was restarted in its current Pod (it
+    /// crashed, was killed, or ran out of memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<i32>,
+    /// How the game server's previous run ended, e.g. `OOMKilled (exit 137)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

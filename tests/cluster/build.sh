@@ -24,7 +24,7 @@ build_all() {
   done
   log "building kube-apiserver, controller-manager, scheduler, kubectl and etcd ($K8S_VERSION)"
   (cd "$CLUSTER_SRC" && go build -trimpath -ldflags "$ldflags" -o "$out/k8s" ./cmd/k8s)
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     ln -sf k8s "$out/$c"
   done
   log "installing kwok $KWOK_VERSION and helm $HELM_VERSION"

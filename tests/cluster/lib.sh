@@ -28,12 +28,39 @@ SCHEDULER_PORT=${SCHEDULER_PORT:-16259}
 KWOK_PORT=${KWOK_PORT:-16247}
 NODES=${NODES:-3}
 
+# The real node: a kubelet with containerd (1 = on; `make run` sets 0 unless
+# REAL_NODE=1). Everything it creates on the host is named after NET_ID, which
+# derives from the API port, so that a second cluster on the same machine (with
+# other ports) uses other names, addresses and ports.
+REAL_NODE=${REAL_NODE:-1}
+REAL_NODE_NAME=real-node-1
+NET_ID=$((API_PORT % 200 + 20))
+REAL_NODE_IP=${REAL_NODE_IP:-172.31.$NET_ID.1}
+POD_SUBNET=10.244.$NET_ID.0/24
+NODE_BRIDGE=berthbr$NET_ID         # CNI bridge of the node's Pods
+CNI_NETWORK=berth-$NET_ID          # CNI network name (tags its iptables rules)
+CGROUP_ROOT=/berth$NET_ID          # the kubelet's cgroups live below this
+KUBELET_PORT=${KUBELET_PORT:-$((API_PORT + 20))}
+KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT:-$((API_PORT + 21))}
+PROXY_HEALTHZ_PORT=${PROXY_HEALTHZ_PORT:-$((API_PORT + 22))}
+PROXY_METRICS_PORT=${PROXY_METRICS_PORT:-$((API_PORT + 23))}
+NODE_DIR=$CLUSTER_DIR/node
+CONTAINERD_SOCK=$NODE_DIR/containerd/containerd.sock
+# Why the real node cannot run here, when it cannot (one line; tests read it).
+NODE_UNAVAILABLE=$CLUSTER_DIR/real-node.unavailable
+# Taint of the real node: only Pods that tolerate it (Berth's instances in the
+# real-node tests, Berth itself from its chart) land there.
+NODE_TAINT_KEY=berth.dev/real-node
+
 # The module proxy is reachable but the checksum database is not: go.sum,
 # committed, is what pins the content of every module.
 export GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
-# Components in start order; stopped in reverse.
+# Components in start order; stopped in reverse. The real node's come last.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+NODE_COMPONENTS=(containerd kubelet kube-proxy)
+
+ctr() { command ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -53,6 +80,29 @@ kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 api_ready() {
   curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
     "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1
+}
+
+# start NAME CMD...: runs CMD in its own session with its log and pid file.
+start() {
+  local name=$1
+  shift
+  log "starting $name"
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+# stop_component NAME: SIGTERM, then SIGKILL after 5 s; forgets its pid file.
+stop_component() {
+  local pid
+  pid=$(pid_of "$1")
+  [ -n "$pid" ] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $1 (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do is_running "$1" || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDS/$1.pid"
 }
 
 # Prints the last lines of a component's log, for when it does not come up.

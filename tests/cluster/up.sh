@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Brings up the test control plane: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler and kwok, then $NODES fake nodes. Idempotent: what is already
-# running is left alone, so on a healthy cluster it only reports.
+# kube-scheduler and kwok, then $NODES fake nodes, then (REAL_NODE=1, the default)
+# one real node with containerd, a kubelet and kube-proxy (node.sh). Idempotent:
+# what is already running is left alone, so on a healthy cluster it only reports.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$CLUSTER_SRC/node.sh"
 
 "$CLUSTER_SRC/build.sh"
 mkdir -p "$PKI" "$PIDS" "$LOGS" "$CLUSTER_DIR/etcd"
@@ -25,14 +27,17 @@ gen_pki() {
       -days 3650 -extfile "$tmp/$1.ext" -out "$tmp/$1.crt" 2>/dev/null
   }
   sign serving "/CN=kube-apiserver" \
-    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$REAL_NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 extendedKeyUsage=serverAuth
+keyUsage=digitalSignature"
+  # The API server's identity towards kubelets (logs, attach, exec).
+  sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth
 keyUsage=digitalSignature"
   sign admin "/O=system:masters/CN=berth-admin" "extendedKeyUsage=clientAuth
 keyUsage=digitalSignature"
   openssl genrsa -out "$tmp/sa.key" 2048 2>/dev/null
   openssl rsa -in "$tmp/sa.key" -pubout -out "$tmp/sa.pub" 2>/dev/null
-  cp "$tmp"/{ca.crt,ca.key,serving.crt,serving.key,admin.crt,admin.key,sa.key,sa.pub} "$PKI/"
+  cp "$tmp"/{ca.crt,ca.key,serving.crt,serving.key,admin.crt,admin.key,kubelet-client.crt,kubelet-client.key,sa.key,sa.pub} "$PKI/"
   rm -rf "$tmp"
 }
 
@@ -60,15 +65,6 @@ KCFG
 }
 
 # --- components --------------------------------------------------------------
-# start NAME CMD...: runs CMD in its own session with its log and pid file.
-start() {
-  local name=$1
-  shift
-  log "starting $name"
-  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$PIDS/$name.pid"
-}
-
 start_etcd() {
   # No fsync: this etcd holds test data only and must not make tests wait on disks.
   start etcd "$BIN/etcd" --name berth-test --data-dir "$CLUSTER_DIR/etcd" \
@@ -81,16 +77,25 @@ start_etcd() {
 }
 
 start_kube_apiserver() {
-  # The endpoint reconciler is off because the only address is loopback, which
-  # the kubernetes Service's endpoints may not hold.
+  # Loopback only, unless the real node's Pods must reach it (Berth itself runs
+  # there from its chart); then on every address, still TLS with client
+  # certificates or tokens, and no anonymous access. The endpoint reconciler is
+  # off: the kubernetes Service's endpoints may not hold a loopback address, so
+  # up.sh writes them (the real node's address) itself.
+  local bind=127.0.0.1
+  [ "$REAL_NODE" = 1 ] && bind=0.0.0.0
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --bind-address "$bind" --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --anonymous-auth=false \
     --tls-cert-file "$PKI/serving.crt" --tls-private-key-file "$PKI/serving.key" \
     --client-ca-file "$PKI/ca.crt" \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --authorization-mode RBAC --enable-admission-plugins ServiceAccount,NamespaceLifecycle,LimitRanger,ResourceQuota \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins ServiceAccount,NamespaceLifecycle,LimitRanger,ResourceQuota,NodeRestriction \
+    --kubelet-client-certificate "$PKI/kubelet-client.crt" --kubelet-client-key "$PKI/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
     --allow-privileged=true --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
     --v=1
@@ -190,10 +195,49 @@ write_kubeconfig
 create_nodes
 wait_nodes_ready
 
+# --- the real node ---------------------------------------------------------------
+# The kubernetes Service's endpoints: the API server on the real node's address.
+write_api_endpoints() {
+  kubectl apply -f - >/dev/null <<EPS
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: berth-test-cluster}
+addressType: IPv4
+endpoints: [{addresses: ["$REAL_NODE_IP"], conditions: {ready: true}}]
+ports: [{name: https, port: $API_PORT, protocol: TCP}]
+EPS
+}
+
+node_up() {
+  mkdir -p "$NODE_DIR"
+  save_sysctls
+  node_network
+  node_certs
+  is_running containerd || { start_containerd; started+=(containerd); }
+  "$CLUSTER_SRC/images.sh" import
+  is_running kubelet || { start_kubelet; started+=(kubelet); }
+  write_api_endpoints
+  is_running kube-proxy || { start_kube_proxy; started+=(kube-proxy); }
+  wait_node_ready
+}
+
+real="no real node"
+if [ "$REAL_NODE" = 1 ]; then
+  if node_preflight; then
+    node_up
+    real="$REAL_NODE_NAME Ready at $REAL_NODE_IP"
+  else
+    real="no real node ($(cat "$NODE_UNAVAILABLE"))"
+  fi
+fi
+
 ready=$(kubectl get nodes -l type=kwok --no-headers | wc -l)
 if [ ${#started[@]} -eq 0 ]; then
-  log "control plane already running; nothing changed ($ready fake nodes Ready)"
+  log "control plane already running; nothing changed ($ready fake nodes Ready; $real)"
 else
-  log "started ${started[*]} in $((SECONDS - start_time))s ($ready fake nodes Ready)"
+  log "started ${started[*]} in $((SECONDS - start_time))s ($ready fake nodes Ready; $real)"
 fi
 echo "export KUBECONFIG=$KUBECONFIG_PATH"

@@ -14,5 +14,6 @@ mod crds;
 mod drift;
 mod fuzz;
 mod leader;
+mod real_node;
 mod reliability;
 mod serve;

@@ -46,11 +46,15 @@ async fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// The shipped catalog as a ConfigMap labelled for Berth.
+/// The shipped catalog, and the test cluster's (the stand-in game server), as a
+/// ConfigMap labelled for Berth.
 pub fn catalog_configmap() -> ConfigMap {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/berth/catalog");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut data = serde_json::Map::new();
-    for entry in std::fs::read_dir(&dir).expect("catalog dir") {
+    let files = ["charts/berth/catalog", "tests/cluster/catalog"]
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).expect("catalog dir"));
+    for entry in files {
         let path = entry.expect("entry").path();
         let name = path
             .file_name()

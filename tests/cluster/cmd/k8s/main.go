@@ -1,5 +1,5 @@
 // Command k8s is Berth's test control plane in one binary, in the manner of the
-// old hyperkube: `k8s etcd|kube-apiserver|kube-scheduler|kube-controller-manager|kubectl ARGS...`,
+// old hyperkube: `k8s etcd|kube-apiserver|kube-scheduler|kube-controller-manager|kubelet|kube-proxy|kubectl ARGS...`,
 // or, busybox-style, run through a link named after the component (bin/kubectl -> k8s).
 //
 // One binary instead of five keeps the cold build to one link of the shared
@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,7 +25,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
 	_ "k8s.io/client-go/plugin/pkg/client/auth" // kubectl's auth plugins
 )
@@ -39,6 +42,9 @@ var commands = map[string]func() int{
 	"kube-apiserver":          func() int { return runCobra(apiserver.NewAPIServerCommand()) },
 	"kube-scheduler":          func() int { return runCobra(scheduler.NewSchedulerCommand()) },
 	"kube-controller-manager": func() int { return runCobra(controllermanager.NewControllerManagerCommand()) },
+	// The real node: a kubelet with containerd, and kube-proxy for Service routing.
+	"kubelet":    func() int { return runCobra(kubelet.NewKubeletCommand(context.Background())) },
+	"kube-proxy": func() int { return runCobra(proxy.NewProxyCommand()) },
 	"kubectl": func() int {
 		logs.GlogSetter(kubectl.GetLogVerbosity(os.Args)) //nolint:errcheck
 		if err := cli.RunNoErrOutput(kubectl.NewDefaultKubectlCommand()); err != nil {
