@@ -16,18 +16,21 @@ build:
 	$(CARGO) build --locked
 
 ## run: the API and the controllers; on the local control plane unless KUBECONFIG reaches a cluster
+## (kwok's fake nodes; REAL_NODE=1 adds the real node, which runs the stand-in game server)
 run: build
-	hack/run.sh
+	REAL_NODE=$(or $(REAL_NODE),0) hack/run.sh
 
 $(VENV)/bin/schemathesis:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check schemathesis==$(SCHEMATHESIS_VERSION)
 
-## test: unit and integration tests against the local control plane (started if needed),
+## test: unit and integration tests against the local control plane (started if needed, with
+## its real node, where Berth's own image, built from the release binary, runs from the chart),
 ## then the chaos tests, which restart the control plane, one at a time
 test: $(VENV)/bin/schemathesis
 	$(CARGO) build --locked --tests
-	$(CLUSTER)/with-cluster.sh bash -c '$(CLUSTER)/clean.sh && $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8} && $(CHAOS)'
+	$(CARGO) build --locked --release --bin berth
+	$(CLUSTER)/with-cluster.sh bash -c '$(CLUSTER)/clean.sh && $(CLUSTER)/images.sh berth target/release/berth && $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8} && $(CHAOS)'
 
 
 ## fuzz: the schemathesis run with many more cases (1,000 per operation)

@@ -7,10 +7,13 @@
 #   berth.local/pause:test       the Pod sandbox (images/pause)
 #   berth.local/install:test     sh and wget (busybox): Berth's install init container
 #   berth.local/gameserver:test  a stand-in game server (images/gameserver) with busybox
-#   berth.local/berth:test       Berth itself: the release binary and the libraries it links
+#   berth.local/berth:test       Berth itself: the release binary and the libraries it
+#                                links, laid out as the Dockerfile lays it out (path,
+#                                user, entrypoint and command are read from it)
 #
 # images.sh build          build what is missing into the cache
 # images.sh import         build, then import into the real node's containerd
+# images.sh berth BINARY   build Berth's image from BINARY and import it
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TAG=test
@@ -96,8 +99,80 @@ import_all() {
   done
 }
 
+# dockerfile_value INSTRUCTION: the value of the final stage's INSTRUCTION (a JSON
+# array's items space-separated), so this image and the Dockerfile's agree.
+dockerfile_value() {
+  python3 - "$1" "$REPO_ROOT/Dockerfile" <<'PY'
+import json, sys
+want, path = sys.argv[1], sys.argv[2]
+value = None
+for line in open(path):
+    parts = line.strip().split(None, 1)
+    if len(parts) == 2 and parts[0] == want:
+        value = parts[1]
+if value is None:
+    sys.exit(f"no {want} in {path}")
+try:
+    parsed = json.loads(value)
+    print(" ".join(parsed) if isinstance(parsed, list) else parsed)
+except ValueError:
+    print(value.split()[-1] if want == "COPY" else value)
+PY
+}
+
+# Berth's image from BINARY: the binary where the Dockerfile puts it, the shared
+# libraries it links (what distroless/cc provides), and the nonroot user.
+build_berth() {
+  local binary=$1 out=$2 tmp dest lib user
+  tmp=$(mktemp -d)
+  umoci init --layout "$tmp/oci"
+  umoci new --image "$tmp/oci:$TAG"
+  umoci unpack --image "$tmp/oci:$TAG" "$tmp/bundle" >/dev/null
+  local root=$tmp/bundle/rootfs
+  dest=$(dockerfile_value COPY)
+  user=$(dockerfile_value USER)
+  mkdir -p "$root$(dirname "$dest")" "$root/etc" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  cp "$binary" "$root$dest"
+  for lib in $(ldd "$binary" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%s:%s:nonroot:/home/nonroot:/sbin/nologin\n' \
+    "${user%%:*}" "${user##*:}" >"$root/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:%s:\n' "${user##*:}" >"$root/etc/group"
+  umoci repack --image "$tmp/oci:$TAG" "$tmp/bundle"
+  umoci config --image "$tmp/oci:$TAG" --config.user "$user" \
+    --config.entrypoint "$(dockerfile_value ENTRYPOINT)" --config.cmd "$(dockerfile_value CMD)" \
+    --config.exposedports "$(dockerfile_value EXPOSE)/tcp"
+  umoci gc --layout "$tmp/oci"
+  tar -C "$tmp/oci" -cf "$out.tmp" .
+  mv "$out.tmp" "$out"
+  rm -rf "$tmp"
+}
+
+import_berth() {
+  local binary=$1 key cache
+  [ -x "$binary" ] || { echo "no Berth binary at $binary" >&2; exit 1; }
+  if [ -f "$NODE_UNAVAILABLE" ]; then
+    log "no real node: Berth's image is not imported"
+    return 0
+  fi
+  key=$({ sha256sum <"$binary"; cat "$REPO_ROOT/Dockerfile"; sed -n '/^build_berth()/,/^}/p' "${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-16)
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/berth/images-berth
+  if [ ! -f "$cache/$key.tar" ]; then
+    rm -rf "$cache" && mkdir -p "$cache"
+    log "building image berth.local/berth:$TAG"
+    build_berth "$binary" "$cache/$key.tar"
+  fi
+  [ "$(cat "$NODE_DIR/imported-berth" 2>/dev/null)" = "$key" ] && return 0
+  ctr images import --base-name berth.local/berth "$cache/$key.tar" >/dev/null
+  echo "$key" >"$NODE_DIR/imported-berth"
+}
+
 case ${1:-import} in
   build) build_all >/dev/null ;;
   import) import_all ;;
-  *) echo "usage: $0 build|import" >&2; exit 2 ;;
+  berth) import_berth "${2:?usage: $0 berth BINARY}" ;;
+  *) echo "usage: $0 build|import|berth BINARY" >&2; exit 2 ;;
 esac

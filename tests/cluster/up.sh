@@ -35,9 +35,13 @@ keyUsage=digitalSignature"
 keyUsage=digitalSignature"
   sign admin "/O=system:masters/CN=berth-admin" "extendedKeyUsage=clientAuth
 keyUsage=digitalSignature"
+  # kwok serves its fake kubelets' API (logs, attach) over HTTPS.
+  sign kwok-serving "/CN=kwok" "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth
+keyUsage=digitalSignature"
   openssl genrsa -out "$tmp/sa.key" 2048 2>/dev/null
   openssl rsa -in "$tmp/sa.key" -pubout -out "$tmp/sa.pub" 2>/dev/null
-  cp "$tmp"/{ca.crt,ca.key,serving.crt,serving.key,admin.crt,admin.key,kubelet-client.crt,kubelet-client.key,sa.key,sa.pub} "$PKI/"
+  cp "$tmp"/{ca.crt,ca.key,serving.crt,serving.key,admin.crt,admin.key,kubelet-client.crt,kubelet-client.key,kwok-serving.crt,kwok-serving.key,sa.key,sa.pub} "$PKI/"
   rm -rf "$tmp"
 }
 
@@ -133,13 +137,34 @@ start_kube_scheduler() {
 }
 
 start_kwok() {
-  # A restarted kwok cannot adopt the node Leases its predecessor made; without
+  # A restarted kwok cannot adopt the node Leases of its predecessor; without
   # renewals the node lifecycle controller would mark the nodes NotReady.
+  # (A real kubelet recreates its own at once.)
   kubectl -n kube-node-lease delete lease --all --ignore-not-found >/dev/null 2>&1 || true
-  start kwok "$BIN/kwok" --kubeconfig "$KUBECONFIG_PATH" --config "$CLUSTER_SRC/kwok.yaml" \
+  # What every fake game server's console shows, and per-Pod overrides (Logs and
+  # Attach objects, whose CRDs come with kwok's module).
+  mkdir -p "$CLUSTER_DIR/kwok"
+  # In the CRI log format, which kwok reads: time, stream, tag (F: full line), text.
+  local at
+  at=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+  printf '%s stdout F %s\n' "$at" "[00:00:00] [Server thread/INFO]: Starting Berth stand-in game server (kwok) on *:25565" \
+    "$at" '[00:00:00] [Server thread/INFO]: Done (0.001s)! For help, type "help"' >"$CLUSTER_DIR/kwok/console.log"
+  sed -e "s|@KWOK_PORT@|$KWOK_PORT|" -e "s|@PKI@|$PKI|g" -e "s|@CONSOLE@|$CLUSTER_DIR/kwok/console.log|" \
+    "$CLUSTER_SRC/kwok.yaml" >"$CLUSTER_DIR/kwok/kwok.yaml"
+  kubectl apply --server-side -f "$(kwok_crds)/kwok.x-k8s.io_logs.yaml" -f "$(kwok_crds)/kwok.x-k8s.io_attaches.yaml" >/dev/null
+  # Every address: the API server dials each fake node's own (127.0.10.N).
+  start kwok "$BIN/kwok" --kubeconfig "$KUBECONFIG_PATH" --config "$CLUSTER_DIR/kwok/kwok.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --server-address "127.0.0.1:$KWOK_PORT"
-  wait_for kwok 30 curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$KWOK_PORT/healthz"
+    --server-address "0.0.0.0:$KWOK_PORT" --enable-crds Logs,Attach
+  wait_for kwok 30 curl -skf -o /dev/null --max-time 1 "https://127.0.0.1:$KWOK_PORT/healthz"
+}
+
+# The folder of kwok's CRDs, in its module (in the Go module cache, fetched if not).
+kwok_crds() {
+  local dir
+  dir=$(cd /tmp && GOFLAGS= go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  echo "$dir/kustomize/crd/bases"
 }
 
 # --- nodes -------------------------------------------------------------------

@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use crate::common::{self, eventually};
-use crate::server;
+use crate::real_node;
 
 const RELEASE: &str = "berth";
 const SA: &str = "berth";
@@ -87,23 +87,85 @@ async fn can_i(ns: &str, args: &[&str]) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
+/// `kubectl port-forward` to the release's Service: the base URL, and the process.
+async fn port_forward(ns: &str) -> (String, tokio::process::Child) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(common::bin("kubectl"))
+        .args(["port-forward", "-n", ns, "svc/berth", ":80"])
+        .env("KUBECONFIG", common::kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("port-forward says where it listens")
+        .expect("read")
+        .expect("a line");
+    // "Forwarding from 127.0.0.1:40127 -> 8080"
+    let local = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("unexpected port-forward output: {line}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (format!("http://{local}"), child)
+}
+
 #[tokio::test]
-async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
+async fn helm_install_on_the_real_node_then_the_user_story_then_upgrade_and_uninstall() {
     let client = common::client().await;
     common::crds(&client).await;
+    let node_ip = real_node::real_node_ip(&client).await;
     let ns = common::namespace(&client, "chart-e2e").await;
+    // Berth's own image, built from the release binary and imported on the real
+    // node by `make test`; its Pod and the game servers' go to the real node.
+    let standin =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/catalog/standin.json");
+    let real_node = r#"[{"key":"berth.dev/real-node","operator":"Exists","effect":"NoSchedule"}]"#;
     let (ok, text) = helm(&[
         "install",
         RELEASE,
         &chart(),
         "-n",
         &ns,
+        "--set",
+        "image.repository=berth.local/berth,image.tag=test,image.pullPolicy=IfNotPresent",
+        "--set-json",
+        r#"nodeSelector={"type":"real"}"#,
+        "--set-json",
+        &format!("tolerations={real_node}"),
+        "--set",
+        "instances.initImage=berth.local/install:test",
+        "--set-json",
+        &format!("instances.tolerations={real_node}"),
+        "--set-file",
+        &format!("catalog.images.standin={}", standin.display()),
         "--wait",
         "--timeout",
         "120s",
     ])
     .await;
     assert!(ok, "helm install: {text}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let berth_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=berth"))
+        .await
+        .expect("pods");
+    let berth_pod = berth_pods.items.first().expect("Berth's Pod");
+    assert_eq!(
+        berth_pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(real_node::REAL_NODE),
+        "Berth runs in the cluster, on the real node"
+    );
+    assert_eq!(
+        berth_pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
+        Some(SA)
+    );
 
     // Every object exists.
     for object in [
@@ -166,7 +228,8 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
         );
     }
 
-    // The user story, with Berth running as the chart's ServiceAccount.
+    // The user story, through the Service, with Berth using its ServiceAccount
+    // from inside the cluster.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let initial = secrets
         .get("berth-initial-api-key")
@@ -180,54 +243,65 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
         .data
         .expect("data")["sha256"]
         .clone();
-    let kubeconfig = common::service_account_kubeconfig(&ns, SA).await;
-    let berth = server::spawn_berth_as(&ns, &[], &kubeconfig).await;
+    let (mut base, mut forward) = port_forward(&ns).await;
     let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
-        let mut req = http
-            .request(method, format!("{}{path}", berth.base))
-            .header("x-api-key", &key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let resp = req.send().await.expect("request");
-            let status = resp.status().as_u16();
-            (
-                status,
-                resp.json::<serde_json::Value>().await.expect("json"),
-            )
-        }
-    };
-    let (status, _) = call(reqwest::Method::POST, "/api/users/create",
+    let call =
+        |base: String, method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+            let mut req = http
+                .request(method, format!("{base}{path}"))
+                .header("x-api-key", &key);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            async move {
+                let resp = req.send().await.expect("request");
+                let status = resp.status().as_u16();
+                (
+                    status,
+                    resp.json::<serde_json::Value>().await.expect("json"),
+                )
+            }
+        };
+    let (status, _) = call(base.clone(), reqwest::Method::POST, "/api/users/create",
         Some(json!({ "username": "steve", "email": "steve@example.com", "password": "correct horse", "userId": "u1" }))).await;
     assert_eq!(status, 201);
     let (status, node) = call(
+        base.clone(),
         reqwest::Method::POST,
         "/api/nodes/create",
-        Some(json!({ "name": "Node 1", "address": "127.0.10.1" })),
+        Some(json!({ "name": "Node 1", "address": node_ip })),
     )
     .await;
     assert_eq!(status, 201);
+    let files = real_node::FileServer::start(&node_ip).await;
     let port = common::random_port();
-    let (status, deployed) = call(reqwest::Method::POST, "/api/instances/deploy", Some(json!({
-        "image": "Python", "memory": 128, "cpu": 0.25, "ports": port.to_string(), "nodeId": node["id"],
-        "name": "bot", "user": "u1", "primary": port
+    let (status, deployed) = call(base.clone(), reqwest::Method::POST, "/api/instances/deploy", Some(json!({
+        "image": "Berth stand-in game server", "memory": 64, "cpu": 0.2, "ports": port.to_string(),
+        "nodeId": node["id"], "name": "standin", "user": "u1", "primary": port,
+        "variables": { "INSTALL_FROM": files.addr.to_string() }
     }))).await;
     assert_eq!(status, 201, "{deployed}");
     let id = deployed["Id"].as_str().expect("Id").to_owned();
-    let (status, list) = call(reqwest::Method::GET, "/api/instances", None).await;
+    let (status, list) = call(base.clone(), reqwest::Method::GET, "/api/instances", None).await;
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
     let instances: Api<Instance> = Api::namespaced(client.clone(), &ns);
-    eventually(Duration::from_secs(60), "instance Running", || async {
+    eventually(Duration::from_secs(90), "instance Running", || async {
         instances.get(&id).await.ok().and_then(|i| i.status?.state) == Some(InstanceState::Running)
     })
     .await;
     let table = common::kubectl(&["get", "inst", "-n", &ns]).await;
     assert!(
-        table.contains("Running") && table.contains(&format!("127.0.10.1:{port}")),
+        table.contains("Running") && table.contains(&format!("{node_ip}:{port}")),
         "{table}"
     );
+    let mut game = tokio::net::TcpStream::connect((node_ip.as_str(), port as u16))
+        .await
+        .expect("the game server's port");
+    let mut hello = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut game, &mut hello)
+        .await
+        .expect("read");
+    assert!(hello.contains("stand-in"), "{hello:?}");
 
     // Upgrade with a changed value: the key and the instance survive.
     let (ok, text) = helm(&[
@@ -236,6 +310,7 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
         &chart(),
         "-n",
         &ns,
+        "--reuse-values",
         "--set",
         "concurrency=8",
         "--wait",
@@ -244,6 +319,9 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
     ])
     .await;
     assert!(ok, "helm upgrade: {text}");
+    // The upgrade replaced Berth's Pod: forward to the new one.
+    drop(forward);
+    (base, forward) = port_forward(&ns).await;
     let deployment = common::kubectl(&[
         "get",
         "deployment",
@@ -267,7 +345,9 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
         .clone();
     assert_eq!(sha_before, sha_after, "the API key survives an upgrade");
     assert_eq!(
-        call(reqwest::Method::GET, "/api/users", None).await.0,
+        call(base.clone(), reqwest::Method::GET, "/api/users", None)
+            .await
+            .0,
         200,
         "the key still works"
     );
@@ -278,13 +358,13 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
 
     // Delete the instance: its Pod goes.
     let (status, _) = call(
+        base.clone(),
         reqwest::Method::DELETE,
         "/api/instance/delete",
         Some(json!({ "id": id })),
     )
     .await;
     assert_eq!(status, 201);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     eventually(Duration::from_secs(60), "instance Pod gone", || async {
         pods.list(&ListParams::default().labels(&format!("berth.dev/instance={id}")))
             .await
@@ -308,6 +388,5 @@ async fn helm_install_then_the_user_story_then_upgrade_and_uninstall() {
         );
     }
     common::kubectl(&["get", "crd", "instances.berth.dev", "nodes.berth.dev"]).await;
-    drop(berth);
-    std::fs::remove_file(&kubeconfig).ok();
+    drop(forward);
 }

@@ -299,3 +299,88 @@ async fn helm_works_on_a_small_chart() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A line in the CRI log format kwok serves (time, stream, full-line tag, text).
+pub fn cri_log_line(text: &str) -> String {
+    format!("{} stdout F {text}\n", k8s_openapi::jiff::Timestamp::now())
+}
+
+#[tokio::test]
+async fn fake_nodes_serve_logs_that_follow_a_file() {
+    use std::io::Write;
+    let client = common::client().await;
+    let ns = common::namespace(&client, "cp-kwok-logs").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "console" },
+        "spec": { "nodeName": "kwok-node-1",
+                  "containers": [{ "name": "server", "image": "x", "stdin": true, "tty": true }] }
+    }))
+    .expect("pod");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    // Every fake game server shows the cluster's stand-in console...
+    let logs =
+        common::kubectl_eventually(&["logs", "-n", &ns, "console"], Duration::from_secs(30)).await;
+    assert!(logs.contains("Done ("), "{logs}");
+    // ...unless a Logs object names a file of its own, which is followed.
+    let file = std::env::temp_dir().join(format!("berth-{ns}.log"));
+    std::fs::write(&file, cri_log_line("first line")).expect("log file");
+    let manifest = json!({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
+        "metadata": { "name": "console", "namespace": ns },
+        "spec": { "logs": [{ "containers": ["server"], "logsFile": file, "follow": true }] }
+    });
+    let path = std::env::temp_dir().join(format!("berth-{ns}-logs.json"));
+    std::fs::write(&path, manifest.to_string()).expect("manifest");
+    common::kubectl(&["apply", "-f", path.to_str().expect("path")]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the Pod's own log file served",
+        || async {
+            pods.logs("console", &Default::default())
+                .await
+                .is_ok_and(|l| l.contains("first line"))
+        },
+    )
+    .await;
+    let follow = tokio::process::Command::new(common::bin("kubectl"))
+        .args(["logs", "-f", "-n", &ns, "console"])
+        .env("KUBECONFIG", common::kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl logs -f");
+    let mut out = follow.stdout.expect("stdout");
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 1024];
+        let mut appended = false;
+        loop {
+            if !appended && seen.contains("first line") {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .expect("open");
+                f.write_all(cri_log_line("written while followed").as_bytes())
+                    .expect("append");
+                appended = true;
+            }
+            if seen.contains("written while followed") {
+                return;
+            }
+            let n = tokio::io::AsyncReadExt::read(&mut out, &mut buf)
+                .await
+                .expect("read");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the appended line never arrived: {seen:?}");
+    std::fs::remove_file(&file).ok();
+    std::fs::remove_file(&path).ok();
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        .delete(&ns, &Default::default())
+        .await;
+}

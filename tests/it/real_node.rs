@@ -61,14 +61,17 @@ pub const ON_REAL_NODE: [&str; 4] = [
 
 /// A tiny HTTP server on the node's address serving the install file, counting
 /// the requests it answered.
-struct FileServer {
-    addr: SocketAddr,
-    served: Arc<AtomicUsize>,
+pub struct FileServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How many requests it answered.
+    pub served: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FileServer {
-    async fn start(ip: &str) -> Self {
+    /// Serves the install file on `ip`.
+    pub async fn start(ip: &str) -> Self {
         let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .expect("bind on the node's address");
