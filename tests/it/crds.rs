@@ -181,7 +181,9 @@ async fn kubectl_shows_printer_columns_categories_and_field_docs() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "STATE", "NODE", "ADDRESS", "IMAGE", "USER", "AGE"],
+        [
+            "NAME", "STATE", "NODE", "ADDRESS", "RESTARTS", "IMAGE", "USER", "AGE"
+        ],
         "{inst}"
     );
     assert!(
