@@ -258,11 +258,19 @@ fn floor_pod(ns: &str, name: &str, kube_node: &str, port: i32) -> Pod {
             display_name: "floor".into(), user_id: "u".into(), image: "example.invalid/floor:1".into(), image_name: None,
             node: "floor".into(), memory: 16, cpu: 0.01, disk: None,
             ports: vec![PortMapping { container_port: port, host_port: port }], primary_port: port,
-            variables: Default::default(), suspended: false,
+            variables: Default::default(), suspended: false, power: Default::default(),
+            restart_requested_at: None, reinstall: None,
         }).expect("spec")
     }))
     .expect("instance");
-    let mut pod = build_pod(&inst, kube_node, None, &PodSettings::default()).expect("pod");
+    let mut pod = build_pod(
+        &inst,
+        kube_node,
+        None,
+        &PodSettings::default(),
+        &Default::default(),
+    )
+    .expect("pod");
     pod.metadata.owner_references = None;
     pod
 }

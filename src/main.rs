@@ -81,6 +81,14 @@ struct ServeArgs {
     /// Seconds a watch may fail before /readyz fails (its informer may be stale).
     #[arg(long, default_value_t = 10, env = "BERTH_WATCH_GRACE")]
     watch_grace: u64,
+    /// Seconds a game server may take to stop by itself after its StopCommand
+    /// (a catalog entry's StopTimeout wins), before its Pod is deleted.
+    #[arg(long, default_value_t = 30, env = "BERTH_STOP_TIMEOUT")]
+    stop_timeout: u64,
+    /// Hand the data folder to the run-as user in a root init container with only
+    /// CAP_CHOWN and CAP_FOWNER, for storage that ignores fsGroup (hostPath, NFS).
+    #[arg(long, env = "BERTH_CHOWN_DATA")]
+    chown_data: bool,
     /// Seconds a client may take to send its request headers (against slowloris).
     #[arg(long, default_value_t = 10, env = "BERTH_HEADER_READ_TIMEOUT")]
     header_read_timeout: u64,
@@ -149,6 +157,7 @@ impl ServeArgs {
             election,
             watch_grace: Duration::from_secs(self.watch_grace),
             header_read_timeout: Duration::from_secs(self.header_read_timeout.max(1)),
+            stop_timeout: Duration::from_secs(self.stop_timeout),
             concurrency: self.concurrency.max(1),
             shutdown_delay: Duration::from_secs(self.shutdown_delay),
             pods: berth::controller::PodSettings {
@@ -163,6 +172,7 @@ impl ServeArgs {
                     .collect(),
                 node_selector,
                 tolerations,
+                chown_data: self.chown_data,
             },
         })
     }

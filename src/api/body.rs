@@ -150,6 +150,11 @@ impl Fields {
             .collect()
     }
 
+    /// The names of the fields sent.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.keys()
+    }
+
     /// The raw value of a field; `null` counts as absent.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())

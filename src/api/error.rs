@@ -12,6 +12,7 @@ use tracing::error;
 use crate::store::apikeys::KeyError;
 use crate::store::claims::ClaimError;
 use crate::store::deploy::DeployError;
+use crate::store::edit::EditError;
 use crate::store::instances::InstanceError;
 use crate::store::nodes::NodeError;
 use crate::store::users::UserError;
@@ -181,6 +182,16 @@ impl From<DeployError> for ApiError {
     }
 }
 
+impl From<EditError> for ApiError {
+    fn from(e: EditError) -> Self {
+        match e {
+            EditError::NotFound | EditError::Invalid(_) => Self::bad_request(e.to_string()),
+            EditError::Changed => Self::conflict(e.to_string()),
+            EditError::Api { action, source } => Self::kube(action, source),
+        }
+    }
+}
+
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {
@@ -194,6 +205,7 @@ impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> Self {
         match e {
             InstanceError::NotFound => Self::bad_request(e.to_string()),
+            InstanceError::Suspended => Self::conflict(e.to_string()),
             InstanceError::Api { action, source } => Self::kube(action, source),
         }
     }

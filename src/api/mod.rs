@@ -32,6 +32,8 @@ pub struct AppState {
     pub store: Store,
     /// How long a watch may fail before `/readyz` fails.
     pub watch_grace: std::time::Duration,
+    /// Publishes the API's Events (an edit, on its Instance).
+    pub events: crate::controller::events::Events,
     ready: Arc<AtomicBool>,
     failures: auth::FailureLimiter,
     lists: ListCache,
@@ -84,7 +86,13 @@ impl AppState {
     /// informers synced. `/readyz` fails while a watch has failed for longer than
     /// `watch_grace`.
     pub fn new(store: Store, watch_grace: std::time::Duration) -> Self {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "berth-api".into());
         Self {
+            events: crate::controller::events::Events::new(
+                store.client.clone(),
+                crate::names::MANAGED_BY,
+                &identity,
+            ),
             store,
             watch_grace,
             ready: Arc::new(AtomicBool::new(false)),

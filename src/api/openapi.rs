@@ -31,6 +31,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::instances::list, super::instances::deploy, super::instances::remove,
         super::instances::user_instances, super::instances::get_instance,
         super::instances::suspend, super::instances::unsuspend,
+        super::instances::lifecycle::power, super::instances::lifecycle::edit,
+        super::instances::lifecycle::reinstall,
         super::nodes::list, super::nodes::create, super::nodes::remove,
         super::images::list,
     ),
@@ -195,6 +197,67 @@ pub struct SuspendedDoc {
     message: String,
     Id: String,
     suspended: bool,
+}
+
+/// `POST /api/instances/:id/power` body.
+#[derive(ToSchema)]
+pub struct PowerDoc {
+    /// `start`, `stop` (StopCommand, then the stop timeout), `restart` or `kill` (at once).
+    #[schema(pattern = "^(start|stop|restart|kill)$")]
+    action: String,
+}
+
+/// A power request's answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct PoweredDoc {
+    Id: String,
+    /// What was asked: Running, Stopped or Killed.
+    desired: String,
+    /// What the server is doing now: Starting, Running, Stopping or Offline.
+    power: String,
+    /// The Instance's generation after the request (later requests have higher ones).
+    generation: i64,
+    /// Berth's state.
+    State: String,
+}
+
+/// `PATCH /api/instances/:id` body: any of the deploy's fields.
+#[derive(ToSchema)]
+pub struct EditDoc {
+    name: Option<String>,
+    /// MiB.
+    memory: Option<NumberOrString>,
+    /// Cores (changed in place, without a restart).
+    cpu: Option<NumberOrString>,
+    /// MiB; may only grow.
+    disk: Option<NumberOrString>,
+    /// Another catalog image: its `Image` reference, `Id` or `Name`.
+    image: Option<String>,
+    imagename: Option<String>,
+    /// The whole new port list: `container:host` pairs, comma-separated.
+    ports: Option<String>,
+    /// The primary port; one of the ports.
+    primary: Option<NumberOrString>,
+    /// The image's variables: an object, or a JSON string of one.
+    #[schema(value_type = Option<Object>)]
+    variables: Option<serde_json::Value>,
+}
+
+/// `POST /api/instances/:id/reinstall` body.
+#[derive(ToSchema)]
+pub struct ReinstallDoc {
+    /// Empty the data folder first (default: keep the data, fetch the install files anew).
+    wipe: Option<bool>,
+}
+
+/// A reinstall request's answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct ReinstalledDoc {
+    Id: String,
+    message: String,
+    wipe: bool,
 }
 
 /// A Skyport image document, as the catalog holds it.

@@ -1,5 +1,6 @@
-//! The Instance controller: read → build (pure, `pod.rs`) → apply → status.
-//! It is the only writer of instance Pods, their volume claims and Instance status.
+//! The Instance controller: read → decide (pure, `power.rs`) → build (pure,
+//! `pod.rs`) → apply → status. It is the only writer of instance Pods, their
+//! volume claims and Instance status.
 
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use tracing::info;
 
 use super::events::{EventType, Happening};
 use super::observed::ObservedPod;
-use super::pod::{self, ANNOTATION_GENERATION, BuildError};
+use super::pod::{self, BuildError, Launch};
+use super::power::{self, Facts, Step};
 use super::status::{self, Observed};
 use super::{Context, Error, node};
 use crate::crd::{Instance, InstanceState, InstanceStatus};
@@ -21,52 +23,6 @@ use crate::names::FIELD_MANAGER;
 
 /// How often an Instance is looked at even when nothing announced a change.
 pub const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// What to do with the Pod that exists (or not).
-#[derive(Debug, PartialEq, Eq)]
-pub enum PodAction {
-    /// The Pod is as it should be.
-    Keep,
-    /// There is no Pod: create it.
-    Create,
-    /// The Pod must go (suspended, ended, or built from an older spec); the next
-    /// reconcile creates its replacement.
-    Delete(&'static str),
-}
-
-/// Decides, from the existing Pod, what to do (pure).
-pub fn pod_action(
-    inst: &Instance,
-    existing: Option<&ObservedPod>,
-    kube_node: Option<&str>,
-) -> PodAction {
-    let Some(existing) = existing else {
-        return if inst.spec.suspended || kube_node.is_none() {
-            PodAction::Keep
-        } else {
-            PodAction::Create
-        };
-    };
-    if existing.metadata.deletion_timestamp.is_some() {
-        return PodAction::Keep; // going already; recreated once gone
-    }
-    if inst.spec.suspended {
-        return PodAction::Delete("Suspended");
-    }
-    let phase = existing.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Failed" | "Succeeded")) {
-        return PodAction::Delete("PodEnded");
-    }
-    let generation = inst.metadata.generation.unwrap_or_default().to_string();
-    let built_from = existing.annotations().get(ANNOTATION_GENERATION);
-    if built_from != Some(&generation) {
-        return PodAction::Delete("SpecChanged");
-    }
-    if kube_node.is_some_and(|n| existing.pinned_node() != Some(n)) {
-        return PodAction::Delete("NodeChanged");
-    }
-    PodAction::Keep
-}
 
 /// Where an Instance's Pod goes and what it runs, as read from the informers.
 struct Placed {
@@ -80,13 +36,26 @@ struct Placed {
 pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (placed, seen) = read(&inst, &ctx);
     let existing = ctx.store.pods.get(&inst.name_any());
-    let (pod, invalid) = converge_pod(&inst, &ctx, &placed, existing).await?;
+    let outcome = converge_pod(&inst, &ctx, &placed, existing).await?;
     let obs = Observed {
-        pod: pod.as_deref(),
-        invalid,
+        pod: outcome.pod.as_deref(),
+        invalid: outcome.invalid,
+        stopping: ctx.stopper.is_stopping(&inst.name_any()),
+        crashed: outcome.crashed,
         ..seen
     };
     write_status(&inst, &ctx, &obs).await
+}
+
+/// What converging the Pod left.
+#[derive(Default)]
+struct Outcome {
+    /// The Pod as it now is.
+    pod: Option<Arc<ObservedPod>>,
+    /// Why no Pod can be built, if so.
+    invalid: Option<String>,
+    /// The server ended while it was meant to run (its Pod was removed).
+    crashed: bool,
 }
 
 /// Reads the Berth Node, the Kubernetes node it stands for and the catalog image,
@@ -125,32 +94,142 @@ fn read(inst: &Instance, ctx: &Context) -> (Placed, Observed<'static>) {
     (Placed { kube_node, image }, obs)
 }
 
-/// Makes the Pod what it should be (kept, created, or deleted to be recreated);
-/// returns the Pod as it now is, and why none can be built, if so.
+/// Makes the Pod what power and spec say (kept, created, stopped, killed,
+/// removed, resized); returns what is left.
 async fn converge_pod(
     inst: &Instance,
     ctx: &Context,
     placed: &Placed,
     existing: Option<Arc<ObservedPod>>,
-) -> Result<(Option<Arc<ObservedPod>>, Option<String>), Error> {
-    match pod_action(inst, existing.as_deref(), placed.kube_node.as_deref()) {
-        PodAction::Keep => Ok((existing, None)),
-        PodAction::Delete(reason) => {
-            if let Some(old) = existing {
-                delete_pod(inst, ctx, &old, reason).await?;
-            }
-            Ok((None, None))
+) -> Result<Outcome, Error> {
+    let facts = Facts {
+        inst,
+        pod: existing.as_deref(),
+        kube_node: placed.kube_node.as_deref(),
+        stopping: ctx.stopper.is_stopping(&inst.name_any()),
+    };
+    let keep = |pod| Outcome {
+        pod,
+        ..Outcome::default()
+    };
+    match (power::step(&facts), existing) {
+        (Step::Keep, existing) => Ok(keep(existing)),
+        (Step::Create(launch), _) => create(inst, ctx, placed, &launch).await,
+        (Step::Stop(why), Some(pod)) => {
+            let image = placed.image.as_deref();
+            ctx.stopper.start(
+                inst,
+                &pod,
+                image
+                    .and_then(|i| i.stop_command.as_deref())
+                    .and_then(power::stop_input),
+                image.and_then(|i| i.stop_timeout),
+                why,
+            );
+            Ok(keep(Some(pod)))
         }
-        PodAction::Create => {
-            let kube_node = placed.kube_node.as_deref().unwrap_or_default();
-            match pod::build_pod(inst, kube_node, placed.image.as_deref(), &ctx.settings) {
-                Ok(desired) => {
-                    let made = create_pod(inst, ctx, kube_node, desired).await?;
-                    Ok((Some(made), None))
-                }
-                Err(e @ BuildError::InstallPath(_)) => Ok((None, Some(e.to_string()))),
-            }
+        (Step::Kill, Some(pod)) => {
+            ctx.stopper
+                .delete(&inst.name_any(), pod.uid(), Some(0))
+                .await;
+            ctx.event(
+                inst,
+                Happening::new(
+                    EventType::Normal,
+                    "Killed",
+                    "killed: the Pod was deleted at once",
+                ),
+            );
+            Ok(keep(None))
         }
+        (Step::Remove(reason), Some(pod)) => {
+            delete_pod(inst, ctx, &pod, reason).await?;
+            Ok(Outcome {
+                crashed: reason == REASON_ENDED,
+                ..Outcome::default()
+            })
+        }
+        (Step::Resize(cpu), Some(pod)) => resize(inst, ctx, pod, cpu).await,
+        (_, None) => Ok(keep(None)),
+    }
+}
+
+/// Why a Pod is removed when its server ended while meant to run.
+const REASON_ENDED: &str = "PodEnded";
+
+/// Builds and creates the Pod for `launch`.
+async fn create(
+    inst: &Instance,
+    ctx: &Context,
+    placed: &Placed,
+    launch: &Launch,
+) -> Result<Outcome, Error> {
+    let kube_node = placed.kube_node.as_deref().unwrap_or_default();
+    match pod::build_pod(
+        inst,
+        kube_node,
+        placed.image.as_deref(),
+        &ctx.settings,
+        launch,
+    ) {
+        Ok(desired) => Ok(Outcome {
+            pod: Some(create_pod(inst, ctx, kube_node, desired).await?),
+            ..Outcome::default()
+        }),
+        Err(e @ BuildError::InstallPath(_)) => Ok(Outcome {
+            invalid: Some(e.to_string()),
+            ..Outcome::default()
+        }),
+    }
+}
+
+/// Changes the game server's CPU in place (the Pod `resize` subresource): it
+/// takes effect at once, without a restart. Where the cluster refuses, the Pod is
+/// replaced gracefully instead.
+async fn resize(
+    inst: &Instance,
+    ctx: &Context,
+    pod: Arc<ObservedPod>,
+    cpu: f64,
+) -> Result<Outcome, Error> {
+    let pods: Api<ObservedPod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let q = pod::cpu_quantity(cpu);
+    let patch = json!({ "spec": { "containers": [{ "name": pod::SERVER_CONTAINER,
+        "resources": { "requests": { "cpu": q }, "limits": { "cpu": q } } }] } });
+    let before = pod.server_cpu().unwrap_or_default();
+    match pods
+        .patch_subresource(
+            "resize",
+            &inst.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+    {
+        Ok(resized) => {
+            ctx.event(
+                inst,
+                Happening::new(
+                    EventType::Normal,
+                    "Resized",
+                    format!("Resized in place: cpu {before} -> {cpu} cores"),
+                ),
+            );
+            Ok(Outcome {
+                pod: Some(Arc::new(resized)),
+                ..Outcome::default()
+            })
+        }
+        Err(kube::Error::Api(e)) if e.code != 409 => {
+            tracing::info!(instance = %inst.name_any(), error = %e.message, "in-place resize refused; replacing the Pod");
+            ctx.stopper
+                .start(inst, &pod, None, None, power::Why::Change);
+            Ok(Outcome {
+                pod: Some(pod),
+                ..Outcome::default()
+            })
+        }
+        Err(e) => Err(Error::ApplyPod(e)),
     }
 }
 
@@ -174,12 +253,26 @@ async fn delete_pod(
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(e) => return Err(Error::DeletePod(e)),
     }
-    let note = match reason {
-        "Suspended" => "suspended: Pod deleted".to_owned(),
-        "PodEnded" => "the Pod ended; recreating it".to_owned(),
-        other => format!("{other}: recreating the Pod"),
+    let happening = match reason {
+        "Suspended" => Happening::new(EventType::Normal, "PodDeleted", "suspended: Pod deleted"),
+        REASON_ENDED => {
+            let how = old
+                .container(pod::SERVER_CONTAINER)
+                .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+                .map_or_else(
+                    || "the Pod ended".to_owned(),
+                    |t| format!("exit {}", t.exit_code),
+                );
+            Happening::new(
+                EventType::Warning,
+                "Crashed",
+                format!("Crashed ({how}): restarting"),
+            )
+        }
+        // Stopped: the stop already told its story.
+        _ => return Ok(()),
     };
-    ctx.event(inst, Happening::new(EventType::Normal, "PodDeleted", note));
+    ctx.event(inst, happening);
     Ok(())
 }
 
@@ -298,8 +391,8 @@ pub fn announcements(
         let how = new.last_exit.as_deref().unwrap_or("unknown");
         held.push(Happening::new(
             EventType::Warning,
-            "Restarted",
-            format!("the game server ended ({how}); restarted by the kubelet, {restarts} restarts so far"),
+            "Crashed",
+            format!("Crashed ({how}): restarting ({restarts} restarts so far)"),
         ));
     }
     let Some(state) = new.state.filter(|s| Some(*s) != old_state) else {
@@ -375,65 +468,17 @@ mod tests {
     }
 
     /// The Pod Berth builds, with `status`, read back as the watch reads it.
-    fn observed(generation: &str, node: &str, status: serde_json::Value) -> ObservedPod {
+    fn observed(node: &str, status: serde_json::Value) -> ObservedPod {
         let mut pod = pod::build_pod(
             &instance(1, false),
             node,
             None,
             &pod::PodSettings::default(),
+            &Launch::default(),
         )
         .expect("pod");
-        pod.metadata.annotations =
-            Some([(ANNOTATION_GENERATION.to_owned(), generation.to_owned())].into());
         pod.status = Some(serde_json::from_value(status).expect("status"));
         serde_json::from_value(serde_json::to_value(pod).expect("json")).expect("observed")
-    }
-
-    fn existing(generation: &str, node: &str, phase: &str) -> ObservedPod {
-        observed(generation, node, json!({ "phase": phase }))
-    }
-
-    #[test]
-    fn pods_are_created_kept_or_replaced() {
-        let i = instance(1, false);
-        assert_eq!(pod_action(&i, None, Some("n1")), PodAction::Create);
-        assert_eq!(
-            pod_action(&i, None, None),
-            PodAction::Keep,
-            "nowhere to put it yet"
-        );
-        assert_eq!(
-            pod_action(&i, Some(&existing("1", "n1", "Running")), Some("n1")),
-            PodAction::Keep
-        );
-        assert_eq!(
-            pod_action(&i, Some(&existing("1", "n1", "Failed")), Some("n1")),
-            PodAction::Delete("PodEnded")
-        );
-        assert_eq!(
-            pod_action(
-                &instance(2, false),
-                Some(&existing("1", "n1", "Running")),
-                Some("n1")
-            ),
-            PodAction::Delete("SpecChanged")
-        );
-        assert_eq!(
-            pod_action(&i, Some(&existing("1", "n1", "Running")), Some("n2")),
-            PodAction::Delete("NodeChanged")
-        );
-        assert_eq!(
-            pod_action(
-                &instance(1, true),
-                Some(&existing("1", "n1", "Running")),
-                Some("n1")
-            ),
-            PodAction::Delete("Suspended")
-        );
-        assert_eq!(
-            pod_action(&instance(1, true), None, Some("n1")),
-            PodAction::Keep
-        );
     }
 
     #[test]
@@ -453,16 +498,20 @@ mod tests {
             json!({ "phase": "Failed", "reason": "Evicted", "message": "low on memory" }),
         ];
         for status in statuses {
-            let mut full = observed("1", "n1", status.clone());
+            let mut full = observed("n1", status.clone());
             full.spec.as_mut().expect("spec").node_name = Some("n1".into());
             let mut slim = full.clone();
             slim.slim();
             let i = instance(1, false);
-            assert_eq!(
-                pod_action(&i, Some(&full), Some("n1")),
-                pod_action(&i, Some(&slim), Some("n1")),
-                "{status}"
-            );
+            let step = |pod| {
+                power::step(&Facts {
+                    inst: &i,
+                    pod: Some(pod),
+                    kube_node: Some("n1"),
+                    stopping: false,
+                })
+            };
+            assert_eq!(step(&full), step(&slim), "{status}");
             let observed = |pod| Observed {
                 pod: Some(pod),
                 kube_node: Some("n1".into()),
@@ -534,7 +583,7 @@ mod tests {
         assert_eq!(told.len(), 1, "{told:?}");
         assert_eq!(
             (told[0].type_, told[0].reason.as_str()),
-            (EventType::Warning, "Restarted")
+            (EventType::Warning, "Crashed")
         );
         assert!(told[0].note.contains("OOMKilled (exit 137)"), "{told:?}");
         assert!(announcements(Some(&restarted), &restarted, Vec::new()).is_empty());

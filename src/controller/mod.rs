@@ -10,6 +10,7 @@ pub mod leader;
 pub mod node;
 pub mod observed;
 pub mod pod;
+pub mod power;
 pub mod status;
 
 use std::collections::HashMap;
@@ -82,6 +83,8 @@ pub struct Context {
     pub store: Store,
     /// Publishes Events.
     pub events: events::Events,
+    /// Graceful stops under way.
+    pub stopper: power::Stopper,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Instances whose status waits to be written (see [`status::may_wait`]), and
@@ -197,6 +200,8 @@ pub struct Config {
     pub concurrency: u16,
     /// Name this process reports Events as.
     pub identity: String,
+    /// How long a server may take to stop by itself (unless its catalog entry says).
+    pub stop_timeout: Duration,
 }
 
 /// What of a Berth Node decides where its instances' Pods go.
@@ -231,6 +236,7 @@ fn at_start() -> impl Stream<Item = ()> + Send {
 fn instance_controller(
     ctx: &Arc<Context>,
     config: &Config,
+    stopped: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Instance>>,
     shutdown: Shutdown,
 ) -> impl Future<Output = ()> + Send + use<> {
     let store = ctx.store.clone();
@@ -276,6 +282,8 @@ fn instance_controller(
         .owns_shared_stream(store.pods.applied())
         .watches_shared_stream(store.nodes.applied(), node_changed)
         .reconcile_on(futures::stream::select(pod_deleted, node_deleted))
+        // A graceful stop is over: what comes next (nothing, or a new Pod).
+        .reconcile_on(crate::store::informer::receive(stopped))
         .reconcile_all_on(at_start())
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown.wait())
@@ -340,8 +348,18 @@ fn node_controller(
 /// Pod watches must run).
 pub async fn run(client: Client, store: Store, config: Config, shutdown: Shutdown) {
     let namespace = store.namespace.clone();
+    let events = events::Events::new(client.clone(), MANAGED_BY, &config.identity);
+    let (stopped_tx, stopped) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
-        events: events::Events::new(client.clone(), MANAGED_BY, &config.identity),
+        stopper: power::Stopper::new(
+            client.clone(),
+            &namespace,
+            store.pods.clone(),
+            events.clone(),
+            config.stop_timeout,
+            stopped_tx,
+        ),
+        events,
         client,
         namespace: namespace.clone(),
         settings: config.pods.clone(),
@@ -349,7 +367,7 @@ pub async fn run(client: Client, store: Store, config: Config, shutdown: Shutdow
         failures: Mutex::default(),
         settling: Mutex::new((HashMap::new(), Instant::now())),
     });
-    let instances = instance_controller(&ctx, &config, shutdown.clone());
+    let instances = instance_controller(&ctx, &config, stopped, shutdown.clone());
     let nodes = node_controller(&ctx, shutdown.clone());
     info!(%namespace, "controllers running");
     futures::future::join(instances, nodes).await;

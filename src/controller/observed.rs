@@ -11,7 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use serde::Deserialize;
 
-use super::pod::ANNOTATION_GENERATION;
+use super::pod::{
+    ANNOTATION_POD_HASH, ANNOTATION_REINSTALL_OF, ANNOTATION_RESTART_OF, SERVER_CONTAINER,
+};
 use crate::names::FIELD_NODE_NAME;
 
 /// A Pod as the controller sees it (the same JSON, fewer fields).
@@ -34,6 +36,27 @@ pub struct ObservedPodSpec {
     pub node_name: Option<String>,
     /// The node affinity pinning the Pod.
     pub affinity: Option<Affinity>,
+    /// The containers (only the game server's is kept, for its CPU).
+    #[serde(default)]
+    pub containers: Vec<ObservedContainerSpec>,
+}
+
+/// A container's name and resource limits.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedContainerSpec {
+    /// Container name.
+    pub name: String,
+    /// Its resources (limits only are read).
+    pub resources: Option<ObservedResources>,
+}
+
+/// Resource limits of a container.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedResources {
+    /// Limits by resource name.
+    pub limits: Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
 }
 
 /// The part of a Pod's status the controller reads.
@@ -99,11 +122,13 @@ impl ObservedContainer {
     }
 }
 
-/// Whether a container waits, and why.
+/// Whether a container waits or has ended, and why.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ObservedContainerState {
     /// Set while the container waits (e.g. CrashLoopBackOff, ImagePullBackOff).
     pub waiting: Option<ContainerStateWaiting>,
+    /// Set once the container has ended (and is not restarted).
+    pub terminated: Option<ObservedTermination>,
 }
 
 impl Resource for ObservedPod {
@@ -129,6 +154,12 @@ impl Metadata for ObservedPod {
 
 /// Pod conditions the status is derived from.
 const CONDITIONS_READ: [&str; 2] = ["PodScheduled", "Ready"];
+/// Pod annotations the controller reads.
+const ANNOTATIONS_READ: [&str; 3] = [
+    ANNOTATION_POD_HASH,
+    ANNOTATION_RESTART_OF,
+    ANNOTATION_REINSTALL_OF,
+];
 
 impl ObservedPod {
     /// Drops what is never read: managed fields, labels (the watch selected by
@@ -139,7 +170,15 @@ impl ObservedPod {
         meta.managed_fields = None;
         meta.labels = None;
         if let Some(a) = meta.annotations.as_mut() {
-            a.retain(|k, _| k == ANNOTATION_GENERATION);
+            a.retain(|k, _| ANNOTATIONS_READ.contains(&k.as_str()));
+        }
+        if let Some(spec) = self.spec.as_mut() {
+            spec.containers.retain(|c| c.name == SERVER_CONTAINER);
+            for c in &mut spec.containers {
+                if let Some(l) = c.resources.as_mut().and_then(|r| r.limits.as_mut()) {
+                    l.retain(|k, _| k == "cpu");
+                }
+            }
         }
         if let Some(c) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) {
             c.retain(|c| CONDITIONS_READ.contains(&c.type_.as_str()));
@@ -149,6 +188,39 @@ impl ObservedPod {
     /// The Kubernetes node the Pod is pinned to by its required node affinity.
     pub fn pinned_node(&self) -> Option<&str> {
         pinned_node(self.spec.as_ref()?.affinity.as_ref())
+    }
+
+    /// One of the annotations Berth puts on its Pods.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    /// The game server's CPU limit, in cores.
+    pub fn server_cpu(&self) -> Option<f64> {
+        let q = self
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == SERVER_CONTAINER)?
+            .resources
+            .as_ref()?
+            .limits
+            .as_ref()?
+            .get("cpu")?;
+        super::node::cpu_cores(&q.0)
+    }
+
+    /// Whether the Pod has ended (its phase is Succeeded or Failed).
+    pub fn ended(&self) -> bool {
+        matches!(
+            self.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
     }
 
     /// The status of the container named `name`.
@@ -191,7 +263,7 @@ mod tests {
         let mut pod: ObservedPod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": "a1b2c3d4", "uid": "u1", "labels": { "x": "y" },
-                          "annotations": { ANNOTATION_GENERATION: "2", "other": "z" },
+                          "annotations": { ANNOTATION_POD_HASH: "2", "other": "z" },
                           "managedFields": [{ "manager": "berth" }] },
             "spec": { "nodeName": "kwok-node-1", "containers": [{ "name": "server", "image": "i" }],
                       "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [

@@ -25,8 +25,15 @@ pub const DATA_DIR: &str = "/app/data";
 pub const SERVER_CONTAINER: &str = "server";
 /// Name of the install init container.
 pub const INSTALL_CONTAINER: &str = "install";
-/// Annotation on the Pod holding the Instance generation it was built from.
-pub const ANNOTATION_GENERATION: &str = "berth.dev/instance-generation";
+/// Annotation on the Pod: a digest of what of the Instance it was built from (see
+/// [`pod_hash`]); a Pod whose digest differs from the Instance's is replaced.
+pub const ANNOTATION_POD_HASH: &str = "berth.dev/pod-hash";
+/// Annotation on the Pod: the restart request (`spec.restartRequestedAt`) it answers.
+pub const ANNOTATION_RESTART_OF: &str = "berth.dev/restart-of";
+/// Annotation on the Pod: the reinstall request (`spec.reinstall.requestedAt`) it answers.
+pub const ANNOTATION_REINSTALL_OF: &str = "berth.dev/reinstall-of";
+/// Name of the init container that hands the data folder to the game server's user.
+pub const CHOWN_CONTAINER: &str = "chown-data";
 const DATA_VOLUME: &str = "data";
 
 /// Operator-wide settings of instance Pods (the chart's values).
@@ -47,6 +54,10 @@ pub struct PodSettings {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations added to every instance Pod.
     pub tolerations: Vec<Toleration>,
+    /// Hand the data folder to `run_as_user` in a first init container that runs
+    /// as root with only CAP_CHOWN and CAP_FOWNER: for storage that ignores the
+    /// Pod's fsGroup (hostPath, many NFS provisioners).
+    pub chown_data: bool,
 }
 
 impl Default for PodSettings {
@@ -59,8 +70,21 @@ impl Default for PodSettings {
             add_capabilities: Vec::new(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            chown_data: false,
         }
     }
+}
+
+/// What one Pod of an Instance answers, beyond the Instance itself: the restart
+/// and reinstall requests it was made for (recorded on it, so that a request is
+/// done once however the status writes go).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Launch {
+    /// The restart request (`spec.restartRequestedAt`, RFC 3339) it answers.
+    pub restart_of: Option<String>,
+    /// The reinstall request it carries out: its time (RFC 3339), and whether it
+    /// empties the data folder first.
+    pub reinstall: Option<(String, bool)>,
 }
 
 /// Why a Pod cannot be built (the Instance must change before it can run).
@@ -243,19 +267,32 @@ fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
 /// folder once. URIs (which hold client-supplied variables) are passed as
 /// arguments, never spliced into the script, so they cannot inject commands.
 fn install_container(
-    image: &Image,
+    image: Option<&Image>,
     vars: &BTreeMap<String, String>,
     settings: &PodSettings,
+    reinstall: Option<bool>,
 ) -> Result<Option<Container>, BuildError> {
-    if image.install.is_empty() {
+    let files = image.map(|i| i.install.as_slice()).unwrap_or_default();
+    if files.is_empty() && reinstall != Some(true) {
         return Ok(None);
     }
+    let mode = match reinstall {
+        None => "install",
+        Some(false) => "reinstall",
+        Some(true) => "wipe",
+    };
     let mut args = vec![
         "-c".to_owned(),
         concat!(
             "set -eu\n",
+            // A reinstall fetches every file anew; a wipe first empties the folder.
+            "if [ \"$INSTALL_MODE\" = wipe ]; then\n",
+            "  echo \"wiping the data folder\"\n",
+            "  find \"$DATA_DIR\" -mindepth 1 -maxdepth 1 -exec rm -rf {} +\n",
+            "fi\n",
             "while [ $# -gt 1 ]; do\n",
             "  dest=\"$DATA_DIR/$2\"\n",
+            "  if [ \"$INSTALL_MODE\" = reinstall ]; then rm -f \"$dest\"; fi\n",
             "  if [ ! -e \"$dest\" ]; then\n",
             "    mkdir -p \"$(dirname \"$dest\")\"\n",
             "    echo \"fetching $2\"\n",
@@ -276,7 +313,7 @@ fn install_container(
         .to_owned(),
         INSTALL_CONTAINER.to_owned(),
     ];
-    for file in &image.install {
+    for file in files {
         if !safe_relative_path(&file.path) {
             return Err(BuildError::InstallPath(file.path.clone()));
         }
@@ -292,7 +329,10 @@ fn install_container(
         image: Some(settings.init_image.clone()),
         command: Some(vec!["sh".into()]),
         args: Some(args),
-        env: Some(env([("DATA_DIR".to_owned(), DATA_DIR.to_owned())])),
+        env: Some(env([
+            ("DATA_DIR".to_owned(), DATA_DIR.to_owned()),
+            ("INSTALL_MODE".to_owned(), mode.to_owned()),
+        ])),
         resources: Some(guaranteed(limits)),
         security_context: Some(security_context(settings)),
         volume_mounts: Some(data_mount()),
@@ -300,12 +340,67 @@ fn install_container(
     }))
 }
 
-/// The Pod of `inst`, pinned to Kubernetes node `kube_node`.
+/// The init container that hands the data folder to the game server's user, for
+/// storage that ignores fsGroup. Root, but with CAP_CHOWN and CAP_FOWNER only.
+fn chown_container(settings: &PodSettings) -> Option<Container> {
+    let uid = settings.run_as_user.filter(|_| settings.chown_data)?;
+    let limits = BTreeMap::from([
+        ("cpu".to_owned(), Quantity("100m".into())),
+        ("memory".to_owned(), Quantity("32Mi".into())),
+    ]);
+    Some(Container {
+        name: CHOWN_CONTAINER.into(),
+        image: Some(settings.init_image.clone()),
+        command: Some(vec!["sh".into()]),
+        args: Some(vec![
+            "-c".into(),
+            format!("chown -R {uid}:{uid} \"$DATA_DIR\" && chmod u+rwx \"$DATA_DIR\""),
+        ]),
+        env: Some(env([("DATA_DIR".to_owned(), DATA_DIR.to_owned())])),
+        resources: Some(guaranteed(limits)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["CHOWN".into(), "FOWNER".into()]),
+            }),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(data_mount()),
+        ..Container::default()
+    })
+}
+
+/// A digest of what of the Instance a running Pod is built from, CPU aside (it is
+/// resized in place): image, memory, disk, ports, variables, and the Kubernetes
+/// node. A Pod whose digest differs is replaced, gracefully. Operator settings and
+/// catalog changes are not in it: they reach new Pods without restarting servers.
+pub fn pod_hash(inst: &Instance, kube_node: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let spec = &inst.spec;
+    let basis = serde_json::json!({
+        "image": spec.image, "imageName": spec.image_name, "memory": spec.memory,
+        "disk": spec.disk, "ports": spec.ports, "primaryPort": spec.primary_port,
+        "variables": spec.variables, "node": spec.node, "kubeNode": kube_node,
+    });
+    Sha256::digest(basis.to_string().as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The Pod of `inst`, pinned to Kubernetes node `kube_node`, for `launch`.
 pub fn build_pod(
     inst: &Instance,
     kube_node: &str,
     image: Option<&Image>,
     settings: &PodSettings,
+    launch: &Launch,
 ) -> Result<Pod, BuildError> {
     let vars = variables(inst);
     // Environment: the image's Env (placeholders filled), then the variables.
@@ -325,10 +420,16 @@ pub fn build_pod(
         // The startup command, for images that read it (the Pterodactyl/Skyport convention).
         environment.insert("STARTUP".into(), fill_placeholders(cmd, &vars));
     }
-    let init = match image {
-        Some(i) => install_container(i, &vars, settings)?,
-        None => None,
-    };
+    let install = install_container(
+        image,
+        &vars,
+        settings,
+        launch.reinstall.as_ref().map(|r| r.1),
+    )?;
+    let init: Vec<Container> = chown_container(settings)
+        .into_iter()
+        .chain(install)
+        .collect();
 
     let mut ports = Vec::with_capacity(inst.spec.ports.len() * 2);
     for p in &inst.spec.ports {
@@ -380,16 +481,27 @@ pub fn build_pod(
         tty: Some(true),
         ..Container::default()
     };
-    let generation = inst.metadata.generation.unwrap_or_default().to_string();
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(inst.name_any()),
             namespace: inst.namespace(),
             labels: Some(labels(inst)),
-            annotations: Some(BTreeMap::from([(
-                ANNOTATION_GENERATION.to_owned(),
-                generation,
-            )])),
+            annotations: Some(
+                [
+                    Some((ANNOTATION_POD_HASH.to_owned(), pod_hash(inst, kube_node))),
+                    launch
+                        .restart_of
+                        .clone()
+                        .map(|t| (ANNOTATION_RESTART_OF.to_owned(), t)),
+                    launch
+                        .reinstall
+                        .clone()
+                        .map(|(t, _)| (ANNOTATION_REINSTALL_OF.to_owned(), t)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
             owner_references: Some(vec![owner(inst)]),
             ..ObjectMeta::default()
         },
@@ -414,7 +526,10 @@ pub fn build_pod(
             }),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            restart_policy: Some("Always".into()),
+            // A server that exits 0 (after its StopCommand) stays stopped; one that
+            // fails is restarted in place. One that exits 0 while it is meant to
+            // run is a crash the controller answers with a new Pod.
+            restart_policy: Some("OnFailure".into()),
             termination_grace_period_seconds: Some(30),
             security_context: Some(PodSecurityContext {
                 seccomp_profile: Some(SeccompProfile {
@@ -427,7 +542,7 @@ pub fn build_pod(
             node_selector: (!settings.node_selector.is_empty())
                 .then(|| settings.node_selector.clone()),
             tolerations: (!settings.tolerations.is_empty()).then(|| settings.tolerations.clone()),
-            init_containers: init.map(|c| vec![c]),
+            init_containers: (!init.is_empty()).then_some(init),
             containers: vec![server],
             volumes: Some(vec![data]),
             ..PodSpec::default()
@@ -475,6 +590,7 @@ mod tests {
             "kwok-node-2",
             Some(&paper()),
             &PodSettings::default(),
+            &Launch::default(),
         )
         .expect("pod");
         let yaml = serde_yaml::to_string(&pod).expect("yaml");
@@ -498,6 +614,7 @@ mod tests {
             "kwok-node-2",
             Some(&paper()),
             &PodSettings::default(),
+            &Launch::default(),
         )
         .expect("pod");
         assert_eq!(
@@ -585,7 +702,7 @@ mod tests {
             .and_then(|r| r.requests)
             .expect("requests");
         assert_eq!(requests["storage"].0, "4096Mi");
-        let pod = build_pod(&inst, "n", None, &settings).expect("pod");
+        let pod = build_pod(&inst, "n", None, &settings, &Launch::default()).expect("pod");
         let volume = &pod.spec.expect("spec").volumes.expect("volumes")[0];
         assert_eq!(
             volume
@@ -602,7 +719,14 @@ mod tests {
             let mut image = paper();
             image.install[0].path = bad.into();
             assert_eq!(
-                build_pod(&instance(), "n", Some(&image), &PodSettings::default()).err(),
+                build_pod(
+                    &instance(),
+                    "n",
+                    Some(&image),
+                    &PodSettings::default(),
+                    &Launch::default()
+                )
+                .err(),
                 Some(BuildError::InstallPath(bad.into()))
             );
         }

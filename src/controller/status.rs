@@ -6,7 +6,8 @@
 use super::observed::ObservedPod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{Instance, InstanceState, InstanceStatus};
+use super::pod::{ANNOTATION_REINSTALL_OF, ANNOTATION_RESTART_OF};
+use crate::crd::{Instance, InstanceState, InstanceStatus, Power, PowerState};
 
 /// Condition type: the Pod is placed on its node.
 pub const SCHEDULED: &str = "Scheduled";
@@ -38,6 +39,10 @@ pub struct Observed<'a> {
     pub kube_node_ready: Option<bool>,
     /// The address of the Berth Node (used when the Pod reports no host IP).
     pub node_address: Option<String>,
+    /// Whether a graceful stop of the server is under way.
+    pub stopping: bool,
+    /// Whether the server just ended while it was meant to run (its Pod was removed).
+    pub crashed: bool,
 }
 
 struct Cond {
@@ -208,6 +213,53 @@ fn from_pod(pod: &ObservedPod, obs: &Observed) -> (InstanceState, Cond, Cond) {
     }
 }
 
+/// What the game server is doing, in the panel's words.
+fn power_state(inst: &Instance, obs: &Observed, state: InstanceState) -> PowerState {
+    let going = obs
+        .pod
+        .is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+    if inst.spec.suspended {
+        PowerState::Offline
+    } else if obs.stopping || (going && inst.spec.power != Power::Running) {
+        PowerState::Stopping
+    } else if inst.spec.power != Power::Running {
+        if obs.pod.is_some() {
+            PowerState::Stopping
+        } else {
+            PowerState::Offline
+        }
+    } else {
+        match state {
+            InstanceState::Running => PowerState::Running,
+            InstanceState::Failed => PowerState::Offline,
+            _ => PowerState::Starting,
+        }
+    }
+}
+
+/// Times the server ended while meant to run: what was counted, plus the
+/// kubelet's restarts in this Pod since the last count, plus a removed Pod.
+fn crashes(previous: Option<&InstanceStatus>, restarts: Option<i32>, crashed: bool) -> Option<i32> {
+    let counted = previous.and_then(|s| s.crashes).unwrap_or(0);
+    let seen = previous.and_then(|s| s.restarts).unwrap_or(0);
+    let new = (restarts.unwrap_or(0) - seen).max(0) + i32::from(crashed);
+    Some(counted + new).filter(|n| *n > 0)
+}
+
+/// A request acknowledged: the later of what the status said and what the Pod
+/// was made for.
+fn acknowledged(previous: Option<Time>, obs: &Observed, annotation: &str) -> Option<Time> {
+    let from_pod = obs
+        .pod
+        .and_then(|p| p.annotation(annotation))
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(Time);
+    match (previous, from_pod) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Reasons of a Pending Instance that is only on its way: waiting for its Pod to
 /// be made or placed. Any other reason (Unschedulable, NodeNotReady, ...) is news.
 const ON_THE_WAY: [&str; 3] = ["Creating", "Scheduling", "NotScheduled"];
@@ -318,10 +370,24 @@ pub fn derive(inst: &Instance, obs: &Observed, now: &Time) -> InstanceStatus {
     let server = obs
         .pod
         .and_then(|p| p.container(super::pod::SERVER_CONTAINER));
+    let restarts = server.map(|c| c.restart_count).filter(|n| *n > 0);
+    let previous = inst.status.as_ref();
     InstanceStatus {
+        power: Some(power_state(inst, obs, state)),
+        crashes: crashes(previous, restarts, obs.crashed),
+        restarted_at: acknowledged(
+            previous.and_then(|s| s.restarted_at.clone()),
+            obs,
+            ANNOTATION_RESTART_OF,
+        ),
+        reinstalled_at: acknowledged(
+            previous.and_then(|s| s.reinstalled_at.clone()),
+            obs,
+            ANNOTATION_REINSTALL_OF,
+        ),
         state: Some(state),
         conditions,
-        restarts: server.map(|c| c.restart_count).filter(|n| *n > 0),
+        restarts,
         last_exit: server.and_then(|c| c.last_exit()),
         pod_name: obs.pod.and_then(|p| p.metadata.name.clone()),
         kubernetes_node: obs

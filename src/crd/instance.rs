@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "A game-server instance hosted by Berth. Its name is the instance id the REST API shows.",
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Power", type_ = "string", json_path = ".status.power"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
     printcolumn(name = "Address", type_ = "string", json_path = ".status.address"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
@@ -87,9 +88,61 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
 
-    /// A suspended instance keeps its resource and data but runs no Pod.
+    /// A suspended instance keeps its resource and data but runs no Pod: the host's
+    /// lock, which a power request cannot lift.
     #[serde(default)]
     pub suspended: bool,
+
+    /// Whether the game server should run: Running (the default), Stopped (the
+    /// image's StopCommand is typed into its console, it is given its stop timeout
+    /// to exit by itself, then its Pod is deleted), or Killed (its Pod is deleted
+    /// at once). Stopped and killed servers keep their data and host ports.
+    #[serde(default)]
+    pub power: Power,
+
+    /// A restart is requested when this is later than `status.restartedAt`: the
+    /// server is stopped gracefully and started in a new Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_requested_at: Option<Time>,
+
+    /// A reinstall is requested when its time is later than `status.reinstalledAt`:
+    /// the install step runs again (fetching the install files anew, or on an
+    /// emptied data folder with `wipe`) in a new Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinstall: Option<Reinstall>,
+}
+
+/// Whether a game server should run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Power {
+    /// A Pod runs the game server; a server that exits by itself is restarted.
+    #[default]
+    Running,
+    /// Stopped gracefully: StopCommand, then the stop timeout, then the Pod deleted.
+    Stopped,
+    /// Stopped at once: the Pod deleted without a grace period.
+    Killed,
+}
+
+/// A request to run the install step again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reinstall {
+    /// When it was requested; it is done once `status.reinstalledAt` reaches it.
+    pub requested_at: Time,
+    /// Empty the data folder first (otherwise the data stays and only the install
+    /// files are fetched again).
+    #[serde(default)]
+    pub wipe: bool,
+}
+
+/// The canonical port string of an instance (`container:host,...`), as Skyport shows it.
+pub fn ports_string(ports: &[PortMapping]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{}:{}", p.container_port, p.host_port))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl InstanceSpec {
@@ -142,9 +195,36 @@ pub struct InstanceStatus {
     /// How the game server's previous run ended, e.g. `OOMKilled (exit 137)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// What the game server is doing, in the words panels show: Starting, Running,
+    /// Stopping or Offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerState>,
+    /// How many times the game server ended while it was meant to run (crashed,
+    /// was killed, ran out of memory, or exited by itself), over all its Pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashes: Option<i32>,
+    /// The last restart request done (see `spec.restartRequestedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<Time>,
+    /// The last reinstall request done (see `spec.reinstall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinstalled_at: Option<Time>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// What a game server is doing, as panels say it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PowerState {
+    /// Its Pod is being made, installed or started.
+    Starting,
+    /// It runs.
+    Running,
+    /// It was asked to stop and has not yet.
+    Stopping,
+    /// No game server process runs (stopped, killed, suspended, or not placed).
+    Offline,
 }
 
 /// Summary state of an instance.

@@ -7,7 +7,10 @@ mod instance;
 #[allow(clippy::duplicated_attributes)]
 mod node;
 
-pub use instance::{Instance, InstanceSpec, InstanceState, InstanceStatus, PortMapping};
+pub use instance::{
+    Instance, InstanceSpec, InstanceState, InstanceStatus, PortMapping, Power, PowerState,
+    Reinstall, ports_string,
+};
 pub use node::{Node, NodeResources, NodeSpec, NodeState, NodeStatus};
 
 use std::time::Duration;

@@ -55,6 +55,8 @@ pub struct Config {
     pub watch_grace: Duration,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
+    /// How long a game server may take to stop by itself (unless its catalog entry says).
+    pub stop_timeout: Duration,
 }
 
 /// One shutdown signal for everything: flipped once, seen by every clone.
@@ -107,7 +109,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api: config.mode != Mode::ControllerOnly,
         controllers: config.mode != Mode::ApiOnly,
     };
-    let store = Store::new(client.clone(), &namespace, roles);
+    let mut store = Store::new(client.clone(), &namespace, roles);
+    store.storage_class = config.pods.storage_class.clone();
     tokio::spawn(store.clone().run());
     tokio::spawn({
         let store = store.clone();
@@ -139,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             identity: elector
                 .as_ref()
                 .map_or_else(|| "berth".to_owned(), |e| e.identity.clone()),
+            stop_timeout: config.stop_timeout,
         };
         // The controllers write through a client of their own, fenced by the
         // elector's gate when electing.

@@ -50,6 +50,11 @@ pub struct Image {
     pub variables: BTreeMap<String, Variable>,
     /// `Scripts.Install`.
     pub install: Vec<InstallFile>,
+    /// `StopCommand`: typed into the console to stop the server (`^C`: Ctrl-C).
+    pub stop_command: Option<String>,
+    /// `StopTimeout` (seconds; Berth's addition): how long a server may take to stop
+    /// by itself before its Pod is deleted.
+    pub stop_timeout: Option<std::time::Duration>,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -118,6 +123,15 @@ pub fn parse(document: Value) -> Result<Image, String> {
         })
         .unwrap_or_default();
     Ok(Image {
+        stop_command: obj
+            .get("StopCommand")
+            .and_then(Value::as_str)
+            .filter(|c| !c.trim().is_empty())
+            .map(str::to_owned),
+        stop_timeout: obj
+            .get("StopTimeout")
+            .and_then(|t| t.as_u64().or_else(|| t.as_str()?.trim().parse().ok()))
+            .map(std::time::Duration::from_secs),
         id: obj.get("Id").and_then(text),
         alt_images: strings("AltImages"),
         name,

@@ -100,11 +100,11 @@ pub enum DeployError {
     Task(String),
 }
 
-fn failed(action: &'static str) -> impl FnOnce(kube::Error) -> DeployError {
+pub(super) fn failed(action: &'static str) -> impl FnOnce(kube::Error) -> DeployError {
     move |source| DeployError::Api { action, source }
 }
 
-fn invalid(message: impl Into<String>) -> DeployError {
+pub(super) fn invalid(message: impl Into<String>) -> DeployError {
     DeployError::Invalid(message.into())
 }
 
@@ -148,7 +148,7 @@ pub fn plan(store: &Store, req: DeployRequest) -> Result<Plan, DeployError> {
         })
         .ok_or_else(|| invalid(format!("Image not found in the catalog: {}", req.image)))?;
     let variables = effective_variables(&image.variables, req.variables)?;
-    ports_free(store, &req.node_id, &kube_node, &req.ports)?;
+    ports_free(store, &req.node_id, &kube_node, &req.ports, None)?;
     if let Some(ram) = node.spec.ram.filter(|r| *r > 0) {
         let used: i64 = store
             .instances
@@ -179,6 +179,9 @@ pub fn plan(store: &Store, req: DeployRequest) -> Result<Plan, DeployError> {
             primary_port: req.primary_port,
             variables,
             suspended: false,
+            power: crate::crd::Power::Running,
+            restart_requested_at: None,
+            reinstall: None,
         },
         kube_node,
         node_uid: node.uid(),
@@ -187,7 +190,7 @@ pub fn plan(store: &Store, req: DeployRequest) -> Result<Plan, DeployError> {
 
 /// The catalog's defaults, overridden by the deploy's variables; a required
 /// variable without a default must be given.
-fn effective_variables(
+pub(super) fn effective_variables(
     declared: &BTreeMap<String, super::catalog::Variable>,
     given: BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, DeployError> {
@@ -207,13 +210,15 @@ fn effective_variables(
     Ok(effective)
 }
 
-/// Fails early when a host port is held by an instance on any Berth Node that
-/// stands for the same Kubernetes node (the claims decide for real).
-fn ports_free(
+/// Fails early when a host port is held by an instance (other than `except`) on
+/// any Berth Node that stands for the same Kubernetes node (the claims decide
+/// for real).
+pub(super) fn ports_free(
     store: &Store,
     node_id: &str,
     kube_node: &str,
     ports: &[PortMapping],
+    except: Option<&str>,
 ) -> Result<(), DeployError> {
     let kube_nodes = store.kube_nodes.state();
     let sharing: Vec<String> = store
@@ -229,6 +234,9 @@ fn ports_free(
         .collect();
     for other in &sharing {
         for inst in store.instances.by_index(super::INDEX_NODE, other) {
+            if except == inst.metadata.name.as_deref() {
+                continue;
+            }
             if let Some(p) = ports
                 .iter()
                 .find(|p| inst.spec.ports.iter().any(|q| q.host_port == p.host_port))
@@ -240,7 +248,12 @@ fn ports_free(
     Ok(())
 }
 
-fn port_taken(port: i32, node_id: &str, holder_node: &str, kube_node: &str) -> DeployError {
+pub(super) fn port_taken(
+    port: i32,
+    node_id: &str,
+    holder_node: &str,
+    kube_node: &str,
+) -> DeployError {
     if holder_node == node_id {
         invalid(format!(
             "Host port {port} is already in use on node {node_id}"
@@ -425,9 +438,19 @@ async fn complete(
 /// only one gets each port. A claim this instance already holds (a retry) counts
 /// as made.
 async fn claim_ports(store: &Store, inst: &Instance, kube_node: &str) -> Result<(), DeployError> {
+    claim_these(store, inst, kube_node, &inst.spec.ports).await
+}
+
+/// Claims `ports` for `inst` on its Kubernetes node.
+pub(super) async fn claim_these(
+    store: &Store,
+    inst: &Instance,
+    kube_node: &str,
+    ports: &[PortMapping],
+) -> Result<(), DeployError> {
     let api = store.instance_api();
     let owner = owner_ref(inst);
-    for p in &inst.spec.ports {
+    for p in ports {
         let key = host_port_key(kube_node, p.host_port);
         let alive = |o: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
             let api = api.clone();

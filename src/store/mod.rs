@@ -11,6 +11,7 @@ pub mod apikeys;
 pub mod catalog;
 pub mod claims;
 pub mod deploy;
+pub mod edit;
 pub mod informer;
 pub mod instances;
 pub mod nodes;
@@ -91,6 +92,8 @@ pub struct Store {
     pub claims: Claims,
     /// The image catalog.
     pub catalog: Catalog,
+    /// The storage class of instances' volume claims (`None`: emptyDir volumes).
+    pub storage_class: Option<String>,
     user_secrets: Informer<Secret>,
     key_secrets: Informer<Secret>,
     claim_maps: Informer<ConfigMap>,
@@ -132,6 +135,7 @@ impl Store {
             keys: apikeys::KeyChecker::new(key_secrets.clone()),
             claims,
             catalog: Catalog::default(),
+            storage_class: None,
             user_secrets,
             key_secrets,
             claim_maps,

@@ -108,6 +108,9 @@ start_kube_apiserver() {
 }
 
 start_kube_controller_manager() {
+  # The host-path provisioner (Kubernetes' own, for single-machine testing) gives
+  # the real node's game servers volume claims whose data outlives their Pods:
+  # storage class berth-test-hostpath (see write_storage_class).
   # Berth's CRDs go in first: the garbage collector watches the resource types it
   # finds at start and picks up new ones only on its periodic discovery resync
   # (about 30 s, sometimes two rounds), so Instances deleted before that would
@@ -123,6 +126,7 @@ start_kube_controller_manager() {
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --use-service-account-credentials --controllers '*' \
+    --enable-hostpath-provisioner \
     --kube-api-qps 200 --kube-api-burst 400 --concurrent-gc-syncs 20 --v=1
   wait_for kube-controller-manager 60 curl -skf -o /dev/null --max-time 1 "https://127.0.0.1:$KCM_PORT/healthz"
 }
@@ -221,6 +225,19 @@ create_nodes
 wait_nodes_ready
 
 # --- the real node ---------------------------------------------------------------
+# A storage class whose claims the controller manager provisions as directories
+# under /tmp/hostpath_pv on this machine (removed with their claims).
+write_storage_class() {
+  kubectl apply -f - >/dev/null <<SC
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: berth-test-hostpath}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+SC
+}
+
 # The kubernetes Service's endpoints: the API server on the real node's address.
 write_api_endpoints() {
   kubectl apply -f - >/dev/null <<EPS
@@ -245,6 +262,7 @@ node_up() {
   "$CLUSTER_SRC/images.sh" import
   is_running kubelet || { start_kubelet; started+=(kubelet); }
   write_api_endpoints
+  write_storage_class
   is_running kube-proxy || { start_kube_proxy; started+=(kube-proxy); }
   wait_node_ready
 }

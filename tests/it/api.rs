@@ -934,6 +934,9 @@ async fn images_come_from_the_catalog_and_the_openapi_document_lists_every_route
         ("/api/getInstance", "post"),
         ("/api/instances/suspend/{id}", "post"),
         ("/api/instances/unsuspend/{id}", "post"),
+        ("/api/instances/{id}", "patch"),
+        ("/api/instances/{id}/power", "post"),
+        ("/api/instances/{id}/reinstall", "post"),
         ("/api/images", "get"),
         ("/api/nodes", "get"),
         ("/api/nodes/create", "post"),
@@ -945,11 +948,13 @@ async fn images_come_from_the_catalog_and_the_openapi_document_lists_every_route
             "{method} {path} missing from the OpenAPI document"
         );
     }
-    assert_eq!(
-        a.body["paths"].as_object().expect("paths").len(),
-        routes.len(),
-        "no undocumented extras"
-    );
+    let listed: usize = a.body["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| item.as_object().map_or(0, |o| o.len()))
+        .sum();
+    assert_eq!(listed, routes.len(), "no undocumented extras");
     assert_eq!(
         a.body["components"]["securitySchemes"]["api_key"]["name"],
         json!("x-api-key")

@@ -182,7 +182,7 @@ async fn kubectl_shows_printer_columns_categories_and_field_docs() {
     assert_eq!(
         header,
         [
-            "NAME", "STATE", "NODE", "ADDRESS", "RESTARTS", "IMAGE", "USER", "AGE"
+            "NAME", "STATE", "POWER", "NODE", "ADDRESS", "RESTARTS", "IMAGE", "USER", "AGE"
         ],
         "{inst}"
     );

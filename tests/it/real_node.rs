@@ -393,7 +393,7 @@ async fn a_server_over_its_memory_limit_is_oom_killed_and_says_so() {
     ])
     .await;
     assert!(
-        events.contains("Restarted") && events.contains("OOMKilled"),
+        events.contains("Crashed") && events.contains("OOMKilled"),
         "{events}"
     );
     srv.finish().await;

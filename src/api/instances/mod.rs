@@ -2,12 +2,13 @@
 //! `/api/getUserInstance`, `/api/getInstance`, `/api/instances/{suspend,unsuspend}/:id`.
 //! Handlers parse ([`parse`]), call the store's protocols and render ([`view`]).
 
+pub mod lifecycle;
 pub mod parse;
 pub mod view;
 
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
 use serde_json::{Value, json};
@@ -30,6 +31,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/getInstance", post(get_instance))
         .route("/api/instances/suspend/{id}", post(suspend))
         .route("/api/instances/unsuspend/{id}", post(unsuspend))
+        .route("/api/instances/{id}", patch(lifecycle::edit))
+        .route("/api/instances/{id}/power", post(lifecycle::power))
+        .route("/api/instances/{id}/reinstall", post(lifecycle::reinstall))
 }
 
 /// Every instance.

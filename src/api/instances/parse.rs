@@ -9,6 +9,7 @@ use super::super::body::{Fields, has_control};
 use super::super::error::{ApiError, ApiResult};
 use crate::crd::PortMapping;
 use crate::store::deploy::DeployRequest;
+use crate::store::edit::EditRequest;
 
 /// Most ports one instance may have.
 pub const MAX_PORTS: usize = 64;
@@ -60,26 +61,29 @@ pub fn parse_ports(text: &str) -> Result<Vec<PortMapping>, String> {
 /// Parses the primary port (`25565`, `"25565"` or `"25565:25565"`, whose host side
 /// counts) and checks that it is one of the host ports.
 pub fn parse_primary(value: &Value, ports: &[PortMapping]) -> Result<i32, String> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.trim().to_owned(),
-        _ => return Err("primary must be a port".into()),
-    };
-    let host = text.rsplit(':').next().unwrap_or_default();
-    let port = match host.parse::<u32>() {
-        Ok(p @ 1..=65535) => p as i32,
-        _ => {
-            return Err(format!(
-                "primary: {text:?} is not a port between 1 and 65535"
-            ));
-        }
-    };
+    let port = primary_number(value)?;
     if ports.iter().any(|p| p.host_port == port) {
         Ok(port)
     } else {
         Err(format!(
             "primary port {port} is not one of the instance's ports"
         ))
+    }
+}
+
+/// The host port a `primary` value names (`25565`, `"25565"`, `"25565:25565"`).
+pub fn primary_number(value: &Value) -> Result<i32, String> {
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return Err("primary must be a port".into()),
+    };
+    let host = text.rsplit(':').next().unwrap_or_default();
+    match host.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as i32),
+        _ => Err(format!(
+            "primary: {text:?} is not a port between 1 and 65535"
+        )),
     }
 }
 
@@ -138,51 +142,65 @@ pub fn parse_variables(value: Option<&Value>) -> Result<BTreeMap<String, String>
     Ok(out)
 }
 
-/// Reads a deploy body (everything that needs no cluster to check).
-pub fn deploy_request(fields: &Fields) -> ApiResult<DeployRequest> {
-    fields.require(&[
-        "image", "memory", "cpu", "ports", "nodeId", "name", "user", "primary",
-    ])?;
-    fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-        ApiError::bad_request(message)
-    }
-    let name = fields.required_text("name", 256)?;
-    let memory = fields
-        .integer("memory", 1, MAX_MEMORY)
-        .map_err(|_| {
-            bad(format!(
-                "memory must be a whole number of MiB between 1 and {MAX_MEMORY}"
-            ))
-        })?
-        .ok_or_else(|| bad("Missing required field: memory"))?;
-    let cpu = fields
-        .number("cpu")?
-        .ok_or_else(|| bad("Missing required field: cpu"))?;
-    if !(cpu > 0.0 && cpu <= MAX_CPU) {
-        return Err(bad(format!(
+fn bad(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+fn memory(fields: &Fields) -> ApiResult<Option<i64>> {
+    fields.integer("memory", 1, MAX_MEMORY).map_err(|_| {
+        bad(format!(
+            "memory must be a whole number of MiB between 1 and {MAX_MEMORY}"
+        ))
+    })
+}
+
+fn cpu(fields: &Fields) -> ApiResult<Option<f64>> {
+    match fields.number("cpu")? {
+        Some(cpu) if !(cpu > 0.0 && cpu <= MAX_CPU) => Err(bad(format!(
             "cpu must be a number of cores greater than 0 and at most {MAX_CPU}"
-        )));
+        ))),
+        other => Ok(other),
     }
-    let disk = fields.integer("disk", 1, MAX_DISK).map_err(|_| {
+}
+
+fn disk(fields: &Fields) -> ApiResult<Option<i64>> {
+    fields.integer("disk", 1, MAX_DISK).map_err(|_| {
         bad(format!(
             "disk must be a whole number of MiB between 1 and {MAX_DISK}"
         ))
-    })?;
-    let ports_text = match fields.get("ports") {
+    })
+}
+
+fn ports(fields: &Fields) -> ApiResult<Option<Vec<PortMapping>>> {
+    let text = match fields.get("ports") {
+        None => return Ok(None),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => {
+        Some(_) => {
             return Err(bad(
                 "ports must be a string such as \"25565:25565,25566:25566\"",
             ));
         }
     };
-    if has_control(&ports_text) || ports_text.len() > 4096 {
+    if has_control(&text) || text.len() > 4096 {
         return Err(bad(
             "ports must be a string such as \"25565:25565,25566:25566\"",
         ));
     }
-    let ports = parse_ports(&ports_text).map_err(bad)?;
+    parse_ports(&text).map(Some).map_err(bad)
+}
+
+/// Reads a deploy body (everything that needs no cluster to check).
+pub fn deploy_request(fields: &Fields) -> ApiResult<DeployRequest> {
+    fields.require(&[
+        "image", "memory", "cpu", "ports", "nodeId", "name", "user", "primary",
+    ])?;
+    let name = fields.required_text("name", 256)?;
+    let memory = memory(fields)?.ok_or_else(|| bad("Missing required field: memory"))?;
+    let cpu = cpu(fields)?.ok_or_else(|| bad("Missing required field: cpu"))?;
+    let disk = disk(fields)?;
+    let ports = ports(fields)?
+        .ok_or_else(|| bad("ports must be a string such as \"25565:25565,25566:25566\""))?;
     let primary_port =
         parse_primary(fields.get("primary").unwrap_or(&Value::Null), &ports).map_err(bad)?;
     let variables = parse_variables(fields.get("variables")).map_err(bad)?;
@@ -199,6 +217,56 @@ pub fn deploy_request(fields: &Fields) -> ApiResult<DeployRequest> {
         primary_port,
         variables,
     })
+}
+
+/// Fields an edit may change; anything else in the body is refused (an owner or
+/// a node is not changed by an edit).
+const EDITABLE: [&str; 9] = [
+    "name",
+    "memory",
+    "cpu",
+    "disk",
+    "image",
+    "imagename",
+    "ports",
+    "primary",
+    "variables",
+];
+
+/// Reads an edit body: any of the deploy fields, each checked as a deploy checks it.
+pub fn edit_request(fields: &Fields) -> ApiResult<EditRequest> {
+    if let Some(other) = fields.keys().find(|k| !EDITABLE.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "{other} cannot be edited; editable fields: {}",
+            EDITABLE.join(", ")
+        )));
+    }
+    let req = EditRequest {
+        name: fields.text("name", 256)?,
+        memory: memory(fields)?,
+        cpu: cpu(fields)?,
+        disk: disk(fields)?,
+        image: fields.text("image", 1024)?,
+        image_name: fields.text("imagename", 256)?,
+        ports: ports(fields)?,
+        primary_port: fields
+            .get("primary")
+            .map(primary_number)
+            .transpose()
+            .map_err(bad)?,
+        variables: fields
+            .get("variables")
+            .map(|v| parse_variables(Some(v)))
+            .transpose()
+            .map_err(bad)?,
+    };
+    if req.is_empty() {
+        return Err(bad(format!(
+            "Nothing to change: send any of {}",
+            EDITABLE.join(", ")
+        )));
+    }
+    Ok(req)
 }
 
 #[cfg(test)]

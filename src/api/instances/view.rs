@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use super::super::AppState;
-use crate::crd::{Instance, InstanceState, Node, PortMapping};
+use crate::crd::{Instance, InstanceState, Node, Power, PowerState, ports_string};
 
 /// The node of an instance, as clients see it inside the instance (no credentials).
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -48,11 +48,49 @@ pub struct InstanceView {
     State: &'static str,
     /// Where players connect: node address and primary port.
     Address: Option<String>,
+    /// What the game server is doing: Starting, Running, Stopping or Offline.
+    #[schema(value_type = String)]
+    Power: &'static str,
+    /// What it was asked to do: Running, Stopped or Killed.
+    #[schema(value_type = String)]
+    DesiredPower: &'static str,
+    /// Times it ended while meant to run.
+    Crashes: i32,
     suspended: bool,
     Env: Vec<String>,
     ContainerId: Option<String>,
     VolumeId: String,
     CreatedAt: Option<String>,
+}
+
+impl InstanceView {
+    /// Berth's state, as shown.
+    pub fn state(&self) -> &'static str {
+        self.State
+    }
+}
+
+/// What the game server is doing, as panels say it: the status' word, or before
+/// the controller has written one, what the desired power implies.
+pub fn power_name(inst: &Instance) -> &'static str {
+    let known = inst.status.as_ref().and_then(|s| s.power);
+    match known {
+        Some(PowerState::Starting) => "Starting",
+        Some(PowerState::Running) => "Running",
+        Some(PowerState::Stopping) => "Stopping",
+        Some(PowerState::Offline) => "Offline",
+        None if inst.spec.power == Power::Running && !inst.spec.suspended => "Starting",
+        None => "Offline",
+    }
+}
+
+/// The desired power's word.
+pub fn desired_name(power: Power) -> &'static str {
+    match power {
+        Power::Running => "Running",
+        Power::Stopped => "Stopped",
+        Power::Killed => "Killed",
+    }
 }
 
 fn state_name(state: Option<InstanceState>) -> &'static str {
@@ -98,6 +136,9 @@ pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
         InternalState: internal_state(status.and_then(|s| s.state)),
         State: state_name(status.and_then(|s| s.state)),
         Address: status.and_then(|s| s.address.clone()),
+        Power: power_name(inst),
+        DesiredPower: desired_name(inst.spec.power),
+        Crashes: status.and_then(|s| s.crashes).unwrap_or(0),
         suspended: inst.spec.suspended,
         Env: env,
         ContainerId: status.and_then(|s| s.pod_name.clone()),
@@ -105,15 +146,6 @@ pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
         CreatedAt: inst.creation_timestamp().map(|t| t.0.to_string()),
         Id: id,
     }
-}
-
-/// The canonical port string of an instance (`container:host,...`).
-pub fn ports_string(ports: &[PortMapping]) -> String {
-    ports
-        .iter()
-        .map(|p| format!("{}:{}", p.container_port, p.host_port))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Skyport's `InternalState` of a Berth state.
