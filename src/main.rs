@@ -85,6 +85,10 @@ struct ServeArgs {
     /// (a catalog entry's StopTimeout wins), before its Pod is deleted.
     #[arg(long, default_value_t = 30, env = "BERTH_STOP_TIMEOUT")]
     stop_timeout: u64,
+    /// Seconds between SIGTERM and SIGKILL when a game server's Pod is deleted
+    /// (after a stop timed out, or for an image without a StopCommand).
+    #[arg(long, default_value_t = 30, env = "BERTH_TERMINATION_GRACE_PERIOD")]
+    termination_grace_period: u32,
     /// Hand the data folder to the run-as user in a root init container with only
     /// CAP_CHOWN and CAP_FOWNER, for storage that ignores fsGroup (hostPath, NFS).
     #[arg(long, env = "BERTH_CHOWN_DATA")]
@@ -173,6 +177,7 @@ impl ServeArgs {
                 node_selector,
                 tolerations,
                 chown_data: self.chown_data,
+                termination_grace_seconds: self.termination_grace_period,
             },
         })
     }

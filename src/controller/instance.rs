@@ -129,6 +129,7 @@ async fn converge_pod(
             Ok(keep(Some(pod)))
         }
         (Step::Kill, Some(pod)) => {
+            ctx.stopper.cancel(&inst.name_any());
             ctx.stopper
                 .delete(&inst.name_any(), pod.uid(), Some(0))
                 .await;
@@ -173,7 +174,7 @@ async fn create(
         launch,
     ) {
         Ok(desired) => Ok(Outcome {
-            pod: Some(create_pod(inst, ctx, kube_node, desired).await?),
+            pod: Some(create_pod(inst, ctx, kube_node, desired, launch).await?),
             ..Outcome::default()
         }),
         Err(e @ BuildError::InstallPath(_)) => Ok(Outcome {
@@ -282,6 +283,7 @@ async fn create_pod(
     ctx: &Context,
     kube_node: &str,
     desired: k8s_openapi::api::core::v1::Pod,
+    launch: &pod::Launch,
 ) -> Result<Arc<ObservedPod>, Error> {
     let name = inst.name_any();
     if let Some(claim) = pod::build_claim(inst, &ctx.settings) {
@@ -312,11 +314,13 @@ async fn create_pod(
         .as_ref()
         .and_then(|s| s.pod_name.as_ref())
         .is_some();
-    let note = if recreated {
-        format!("Pod recreated, pinned to {kube_node}")
-    } else {
-        format!("Pod created, pinned to {kube_node}")
+    let made = if recreated { "recreated" } else { "created" };
+    let answers = match &launch.reinstall {
+        Some((_, true)) => ", reinstalling on wiped data",
+        Some((_, false)) => ", reinstalling",
+        None => "",
     };
+    let note = format!("Pod {made}, pinned to {kube_node}{answers}");
     let what = Happening::new(EventType::Normal, REASON_POD_CREATED, note);
     // While the status is on its way to Running, the creation is told with the
     // next state written (one Event, not two).

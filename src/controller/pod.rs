@@ -58,6 +58,8 @@ pub struct PodSettings {
     /// as root with only CAP_CHOWN and CAP_FOWNER: for storage that ignores the
     /// Pod's fsGroup (hostPath, many NFS provisioners).
     pub chown_data: bool,
+    /// Seconds between SIGTERM and SIGKILL when the Pod is deleted.
+    pub termination_grace_seconds: u32,
 }
 
 impl Default for PodSettings {
@@ -71,6 +73,7 @@ impl Default for PodSettings {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             chown_data: false,
+            termination_grace_seconds: 30,
         }
     }
 }
@@ -530,7 +533,7 @@ pub fn build_pod(
             // fails is restarted in place. One that exits 0 while it is meant to
             // run is a crash the controller answers with a new Pod.
             restart_policy: Some("OnFailure".into()),
-            termination_grace_period_seconds: Some(30),
+            termination_grace_period_seconds: Some(settings.termination_grace_seconds.into()),
             security_context: Some(PodSecurityContext {
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, AttachParams, DeleteParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::events::{EventType, Events, Happening};
@@ -25,6 +25,9 @@ use super::pod::{
 };
 use crate::crd::{Instance, Power};
 use crate::store::Informer;
+
+/// How long typing into a console waits for the console's answer (its echo).
+const ECHO_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a running server is stopped gracefully.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +141,14 @@ pub fn step(f: &Facts) -> Step {
         };
     };
     if pod.metadata.deletion_timestamp.is_some() {
-        return Step::Keep; // going already; what follows comes once it is gone
+        // Going already; what follows comes once it is gone. A kill cuts a
+        // graceful deletion short (a second delete may shorten the grace).
+        let graceful = pod.metadata.deletion_grace_period_seconds != Some(0);
+        return if inst.spec.power == Power::Killed && graceful {
+            Step::Kill
+        } else {
+            Step::Keep
+        };
     }
     if inst.spec.suspended {
         return Step::Remove("Suspended");
@@ -180,6 +190,32 @@ pub fn stop_input(command: &str) -> Option<String> {
         "" => None,
         "^C" | "^c" => Some("\u{3}".to_owned()),
         other => Some(format!("{other}\n")),
+    }
+}
+
+/// Reads the console until it shows `input` echoed (a TTY shows Ctrl-C as `^C`).
+async fn echoed(out: &mut (impl tokio::io::AsyncRead + Unpin), input: &str) {
+    let echo = if input == "\u{3}" {
+        "^C"
+    } else {
+        input.trim_end()
+    };
+    if echo.is_empty() {
+        return;
+    }
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = out.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(echo.len()).any(|w| w == echo.as_bytes()) {
+            return;
+        }
+        // Only the tail can still hold the start of the echo.
+        let keep = seen.len().saturating_sub(echo.len());
+        seen.drain(..keep);
     }
 }
 
@@ -286,6 +322,14 @@ impl Stopper {
         self.tasks().insert(name, Running { handle });
     }
 
+    /// Ends a graceful stop of Instance `name`, if one is under way (a kill
+    /// does not wait for it).
+    pub fn cancel(&self, name: &str) {
+        if let Some(t) = self.tasks().remove(name) {
+            t.handle.abort();
+        }
+    }
+
     /// Deletes this very Pod (uid precondition), with `grace` seconds or its own.
     pub async fn delete(&self, name: &str, uid: Option<String>, grace: Option<u32>) {
         self.job.delete(name, uid, grace).await;
@@ -339,7 +383,10 @@ impl Job {
             say(
                 EventType::Warning,
                 "StopTimedOut",
-                format!("Stop timed out after {} s: killed", timeout.as_secs()),
+                format!(
+                    "Stop timed out after {} s: asking the Pod to stop (SIGTERM, then SIGKILL after its grace period)",
+                    timeout.as_secs()
+                ),
             );
         }
         self.delete(name, uid, None).await;
@@ -350,9 +397,7 @@ impl Job {
     async fn type_into(&self, name: &str, input: &str) -> Result<(), String> {
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
             Api::namespaced(self.client.clone(), &self.namespace);
-        let params = AttachParams::interactive_tty()
-            .container(SERVER_CONTAINER)
-            .stdout(false);
+        let params = AttachParams::interactive_tty().container(SERVER_CONTAINER);
         let mut attached =
             tokio::time::timeout(Duration::from_secs(10), pods.attach(name, &params))
                 .await
@@ -361,11 +406,21 @@ impl Job {
         let mut stdin = attached
             .stdin()
             .ok_or_else(|| "the console has no stdin".to_owned())?;
+        let mut stdout = attached.stdout();
         let written = async {
             stdin.write_all(input.as_bytes()).await?;
             stdin.flush().await
         };
         let result = tokio::time::timeout(Duration::from_secs(10), written).await;
+        if matches!(result, Ok(Ok(()))) {
+            if let Some(out) = stdout.as_mut() {
+                // Written to the attach is not yet delivered: the attach's own task
+                // sends it, and ending the attach now could drop it. The TTY's
+                // echo of the input says it arrived; a console that does not echo
+                // gets a moment.
+                let _ = tokio::time::timeout(ECHO_WAIT, echoed(out, input)).await;
+            }
+        }
         drop(stdin);
         attached.abort();
         match result {
@@ -498,6 +553,17 @@ mod tests {
             Step::Kill,
             "a kill does not wait for a stop"
         );
+        let mut going = pod.clone();
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        going.metadata.deletion_grace_period_seconds = Some(30);
+        assert_eq!(
+            step_of(&killed, Some(&going), false),
+            Step::Kill,
+            "a kill cuts a graceful deletion short"
+        );
+        going.metadata.deletion_grace_period_seconds = Some(0);
+        assert_eq!(step_of(&killed, Some(&going), false), Step::Keep);
+        assert_eq!(step_of(&running, Some(&going), false), Step::Keep);
 
         let suspended = instance(json!({ "suspended": true }), json!({}));
         assert_eq!(
@@ -596,6 +662,22 @@ mod tests {
         );
         let more_cpu = instance(json!({ "cpu": 2.0 }), json!({}));
         assert_eq!(step_of(&more_cpu, Some(&pod), false), Step::Resize(2.0));
+    }
+
+    #[tokio::test]
+    async fn typing_waits_for_the_echo_even_split_across_reads() {
+        let (mut console, mut tty) = tokio::io::duplex(64);
+        let typed = tokio::spawn(async move { echoed(&mut console, "stop\n").await });
+        tty.write_all(b"[12:00] Done! st").await.expect("write");
+        tokio::task::yield_now().await;
+        assert!(!typed.is_finished(), "half an echo is not the echo");
+        tty.write_all(b"op\r\n").await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), typed)
+            .await
+            .expect("done on the echo")
+            .expect("task");
+        let mut ctrl_c: &[u8] = b"^C";
+        echoed(&mut ctrl_c, "\u{3}").await;
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod crds;
 mod drift;
 mod fuzz;
 mod leader;
+mod power;
 mod real_node;
 mod reliability;
 mod serve;

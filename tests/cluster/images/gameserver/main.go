@@ -9,7 +9,8 @@
 //     `say X` prints X, `crash` exits 1, anything else prints "Unknown command";
 //   - honours SERVER_MEMORY (MiB) as its heap limit, and with HOG_MIB allocates
 //     and touches that much memory (to exceed its limit on purpose);
-//   - with IGNORE_STOP=1 ignores `stop` (a server that must be killed);
+//   - with IGNORE_STOP=1 ignores `stop` and SIGTERM (a hung server, which only a
+//     kill ends);
 //   - writes to /app/data when it starts, and reports the install file it finds.
 package main
 
@@ -125,14 +126,19 @@ func main() {
 	listen(port)
 	say("Done (%.3fs)! For help, type \"help\"", time.Since(started).Seconds())
 
+	ignoreStop := env("IGNORE_STOP", "") == "1"
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
-		s := <-term
-		save("signal " + s.String())
-		os.Exit(0)
+		for s := range term {
+			if ignoreStop {
+				say("Ignoring %s", s)
+				continue
+			}
+			save("signal " + s.String())
+			os.Exit(0)
+		}
 	}()
-	ignoreStop := env("IGNORE_STOP", "") == "1"
 	lines := bufio.NewScanner(os.Stdin)
 	for lines.Scan() {
 		cmd := strings.TrimSpace(lines.Text())

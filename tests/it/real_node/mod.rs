@@ -7,20 +7,27 @@
 //!
 //! Without a real node these tests fail, saying why (`make cluster-up` writes the
 //! reason to target/cluster/real-node.unavailable); they never pass without it.
+//!
+//! This module holds what the tests share; `runs` is a server's life on the node
+//! (install, ports, console, limits, restarts), `power` its lifecycle (stop with
+//! the StopCommand, kill, reinstall).
+
+mod power;
+mod runs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth::crd::{Instance, InstanceState};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
-use kube::api::{Api, AttachParams, ListParams, LogParams};
+use kube::api::{Api, AttachParams, LogParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{self, eventually};
+use crate::common;
 use crate::server::TestServer;
 
 /// The real node's name.
@@ -66,6 +73,7 @@ pub struct FileServer {
     pub addr: SocketAddr,
     /// How many requests it answered.
     pub served: Arc<AtomicUsize>,
+    body: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -77,24 +85,36 @@ impl FileServer {
             .expect("bind on the node's address");
         let addr = listener.local_addr().expect("addr");
         let served = Arc::new(AtomicUsize::new(0));
-        let count = served.clone();
+        let body = Arc::new(Mutex::new(INSTALL_FILE.to_vec()));
+        let (count, serving) = (served.clone(), body.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let count = count.clone();
+                let body = serving.lock().expect("lock").clone();
                 tokio::spawn(async move {
                     let mut request = vec![0u8; 4096];
                     let _ = conn.read(&mut request).await;
                     let head = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        INSTALL_FILE.len()
+                        body.len()
                     );
                     let _ = conn.write_all(head.as_bytes()).await;
-                    let _ = conn.write_all(INSTALL_FILE).await;
+                    let _ = conn.write_all(&body).await;
                     count.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        Self { addr, served, task }
+        Self {
+            addr,
+            served,
+            body,
+            task,
+        }
+    }
+
+    /// Serves `body` as the install file from now on (a new release of it).
+    pub fn set_body(&self, body: &[u8]) {
+        *self.body.lock().expect("lock") = body.to_vec();
     }
 }
 
@@ -107,7 +127,13 @@ impl Drop for FileServer {
 /// A Berth server for the real node, a user, a Berth Node at the real node's
 /// address, and the install file server.
 async fn setup(test: &str) -> (TestServer, String, String, FileServer) {
-    let srv = TestServer::start_with(test, &ON_REAL_NODE).await;
+    setup_with(test, &[]).await
+}
+
+/// As [`setup`], with more arguments for Berth.
+async fn setup_with(test: &str, more: &[&str]) -> (TestServer, String, String, FileServer) {
+    let args: Vec<&str> = ON_REAL_NODE.iter().chain(more).copied().collect();
+    let srv = TestServer::start_with(test, &args).await;
     let ip = real_node_ip(&srv.client).await;
     srv.user("u1").await;
     let node = srv.node(&ip).await;
@@ -194,6 +220,16 @@ async fn exec(srv: &TestServer, id: &str, cmd: &[&str]) -> String {
     common::kubectl(&args).await
 }
 
+/// As [`exec`], but `None` when it fails (no container yet, a file not there).
+async fn try_exec(srv: &TestServer, id: &str, cmd: &[&str]) -> Option<String> {
+    let mut args = vec!["exec", "-n", &srv.ns, id, "-c", "server", "--"];
+    args.extend(cmd);
+    let out = common::run("kubectl", &args).await;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Types `line` into the game server's console: an attach to its stdin, with a
 /// TTY as the container has one (a real kubelet refuses a TTY-less attach with
 /// stderr to a TTY container; kwok never did).
@@ -259,174 +295,4 @@ async fn ctr(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-#[tokio::test]
-async fn a_game_server_runs_for_real_through_berths_api() {
-    let (srv, ip, node, files) = setup("real-runs").await;
-    let (id, port) = deploy(&srv, &node, &files, 64, json!({})).await;
-    let inst = wait_state(&srv, &id, InstanceState::Running, Duration::from_secs(60)).await;
-    assert_eq!(
-        inst.status
-            .as_ref()
-            .and_then(|s| s.kubernetes_node.as_deref()),
-        Some(REAL_NODE)
-    );
-
-    // The install step fetched the file, as the game server's user (fsGroup).
-    assert!(
-        files.served.load(Ordering::SeqCst) >= 1,
-        "the install file was never fetched"
-    );
-    let owned = exec(
-        &srv,
-        &id,
-        &["stat", "-c", "%u:%g %s", "/app/data/standin.jar"],
-    )
-    .await;
-    assert_eq!(owned.trim(), format!("1000:1000 {}", INSTALL_FILE.len()));
-
-    // Its host port answers on the node's address, on TCP and UDP.
-    let mut tcp = tokio::net::TcpStream::connect((ip.as_str(), port as u16))
-        .await
-        .expect("connect");
-    let mut line = String::new();
-    tcp.read_to_string(&mut line).await.expect("read");
-    assert!(line.contains("berth stand-in game server"), "{line:?}");
-    let udp = tokio::net::UdpSocket::bind((ip.as_str(), 0))
-        .await
-        .expect("udp");
-    udp.connect((ip.as_str(), port as u16))
-        .await
-        .expect("udp connect");
-    let mut answer = [0u8; 64];
-    let got = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            udp.send(b"ping").await.expect("send");
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(300), udp.recv(&mut answer)).await
-            {
-                return n;
-            }
-        }
-    })
-    .await
-    .expect("a UDP answer");
-    assert!(String::from_utf8_lossy(&answer[..got]).contains("stand-in"));
-
-    // Its output is in the logs, and what is typed reaches its stdin.
-    let banner = logs(&srv, &id).await;
-    assert!(
-        banner.contains("Starting Berth stand-in game server") && banner.contains("Done ("),
-        "{banner}"
-    );
-    assert!(banner.contains("Found standin.jar"), "{banner}");
-    type_line(&srv, &id, "say hello from the test").await;
-    eventually(
-        Duration::from_secs(10),
-        "the said line in the logs",
-        || async {
-            logs(&srv, &id)
-                .await
-                .contains("[Server] hello from the test")
-        },
-    )
-    .await;
-
-    // Deleted: the Pod and its containers go from the node.
-    let (task, _) = server_process(&srv, &id).await;
-    let a = srv
-        .call("DELETE", "/api/instance/delete", Some(json!({ "id": id })))
-        .await;
-    assert_eq!(a.status, 201);
-    eventually(
-        Duration::from_secs(60),
-        "the container gone from containerd",
-        || async {
-            !ctr(&["containers", "ls", "-q"])
-                .await
-                .lines()
-                .any(|l| l == task)
-        },
-    )
-    .await;
-    srv.finish().await;
-}
-
-#[tokio::test]
-async fn a_server_over_its_memory_limit_is_oom_killed_and_says_so() {
-    let (srv, _ip, node, files) = setup("real-oom").await;
-    // 48 MiB allowed, 160 MiB taken: the kernel kills it, again and again.
-    let (id, _) = deploy(&srv, &node, &files, 48, json!({ "HOG_MIB": "160" })).await;
-    let api: Api<Instance> = Api::namespaced(srv.client.clone(), &srv.ns);
-    eventually(
-        Duration::from_secs(120),
-        "the Instance to say it was OOMKilled",
-        || async {
-            api.get(&id)
-                .await
-                .ok()
-                .and_then(|i| i.status)
-                .is_some_and(|s| {
-                    s.restarts.unwrap_or(0) >= 1
-                        && s.last_exit.as_deref() == Some("OOMKilled (exit 137)")
-                })
-        },
-    )
-    .await;
-    let failed = wait_state(&srv, &id, InstanceState::Failed, Duration::from_secs(120)).await;
-    let ready = failed
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .cloned()
-        .expect("Ready");
-    assert_eq!(ready.reason, "CrashLoopBackOff");
-    assert!(ready.message.contains("OOMKilled (exit 137)"), "{ready:?}");
-    let events = common::kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &srv.ns,
-        "--field-selector",
-        &format!("involvedObject.name={id}"),
-    ])
-    .await;
-    assert!(
-        events.contains("Crashed") && events.contains("OOMKilled"),
-        "{events}"
-    );
-    srv.finish().await;
-}
-
-#[tokio::test]
-async fn a_killed_server_is_restarted_and_runs_again() {
-    let (srv, _ip, node, files) = setup("real-kill").await;
-    let (id, _) = deploy(&srv, &node, &files, 64, json!({})).await;
-    wait_state(&srv, &id, InstanceState::Running, Duration::from_secs(60)).await;
-    let (_, pid) = server_process(&srv, &id).await;
-    common::signal(pid, libc::SIGKILL);
-    eventually(
-        Duration::from_secs(60),
-        "the restart counted, and Running again",
-        || async {
-            let i = instance(&srv, &id).await;
-            i.status.is_some_and(|s| {
-                s.restarts == Some(1)
-                    && s.last_exit
-                        .as_deref()
-                        .is_some_and(|e| e.contains("exit 137"))
-                    && s.state == Some(InstanceState::Running)
-            })
-        },
-    )
-    .await;
-    let (_, again) = server_process(&srv, &id).await;
-    assert_ne!(again, pid, "a new process runs");
-    let pods = Api::<Pod>::namespaced(srv.client.clone(), &srv.ns)
-        .list(&ListParams::default().labels(&format!("berth.dev/instance={id}")))
-        .await
-        .expect("pods");
-    assert_eq!(pods.items.len(), 1, "restarted in place, not replaced");
-    srv.finish().await;
 }
