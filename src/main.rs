@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the REST API and the controllers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys (Secrets holding only each key's SHA-256).
     Apikey {
         /// Namespace holding Berth's objects (default: the kubeconfig's namespace).

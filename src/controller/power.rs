@@ -412,14 +412,11 @@ impl Job {
             stdin.flush().await
         };
         let result = tokio::time::timeout(Duration::from_secs(10), written).await;
-        if matches!(result, Ok(Ok(()))) {
-            if let Some(out) = stdout.as_mut() {
-                // Written to the attach is not yet delivered: the attach's own task
-                // sends it, and ending the attach now could drop it. The TTY's
-                // echo of the input says it arrived; a console that does not echo
-                // gets a moment.
-                let _ = tokio::time::timeout(ECHO_WAIT, echoed(out, input)).await;
-            }
+        // Written to the attach is not yet delivered: the attach's own task sends
+        // it, and ending the attach now could drop it. The TTY's echo of the input
+        // says it arrived; a console that does not echo gets a moment.
+        if let (Ok(Ok(())), Some(out)) = (&result, stdout.as_mut()) {
+            let _ = tokio::time::timeout(ECHO_WAIT, echoed(out, input)).await;
         }
         drop(stdin);
         attached.abort();

@@ -562,3 +562,55 @@ async fn edits_are_checked_atomic_and_rolled_out() {
     fake.delete(&srv.client).await;
     srv.finish().await;
 }
+
+#[tokio::test]
+async fn racing_port_edits_leave_one_winner_and_no_stray_claims() {
+    let (srv, fake, node) = setup("pw-edit-race").await;
+    let port = common::random_port();
+    let id = deploy(&srv, &node, port).await;
+    wait_power(&srv, &id, PowerState::Running, true).await;
+    // Each edit adds a different port to the same current spec.
+    let answers = futures::future::join_all((1..=10).map(|i| {
+        let path = format!("/api/instances/{id}");
+        let ports = format!("{port},{}", port + i);
+        let srv = &srv;
+        async move {
+            let a = srv
+                .call("PATCH", &path, Some(json!({ "ports": ports })))
+                .await;
+            (ports, a)
+        }
+    }))
+    .await;
+    let won: Vec<&String> = answers
+        .iter()
+        .filter(|(_, a)| a.status == 200)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        answers.iter().all(|(_, a)| [200, 409].contains(&a.status)),
+        "{answers:?}"
+    );
+    assert!(!won.is_empty(), "{answers:?}");
+    let final_ports: Vec<i32> = instance(&srv, &id)
+        .await
+        .spec
+        .ports
+        .iter()
+        .map(|p| p.host_port)
+        .collect();
+    // The spec is one winner's, and exactly its ports are claimed: a loser's
+    // claim was given back, not left behind.
+    assert!(
+        won.iter().any(|p| **p
+            == final_ports
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")),
+        "{final_ports:?} is no winner's ({won:?})"
+    );
+    assert_eq!(hostport_claims(&srv).await, final_ports.len());
+    fake.delete(&srv.client).await;
+    srv.finish().await;
+}

@@ -549,7 +549,26 @@ async fn sigterm_answers_what_it_accepted_then_refuses_new_connections() {
         last_at >= DELAY,
         "refused only after the shutdown delay: {seen:?}"
     );
-    for (at, outcome) in &seen[..seen.len() - 1] {
+    // The signal takes a moment to reach the handler (milliseconds, more on a
+    // loaded machine): until then /readyz may still say ready; from the first
+    // "unready" on, every answer says so.
+    let unready = seen
+        .iter()
+        .position(|(_, o)| *o == Ok(503))
+        .unwrap_or_else(|| panic!("never unready: {seen:?}"));
+    assert!(
+        seen[unready].0 < Duration::from_secs(1),
+        "unready only {:?} after the signal: {seen:?}",
+        seen[unready].0
+    );
+    for (at, outcome) in &seen[..unready] {
+        assert_eq!(
+            *outcome,
+            Ok(200),
+            "before the handler ran, at {at:?}: {seen:?}"
+        );
+    }
+    for (at, outcome) in &seen[unready..seen.len() - 1] {
         assert_eq!(*outcome, Ok(503), "answered, unready, at {at:?}: {seen:?}");
     }
     assert!(seen.len() > 10, "probed during the delay: {seen:?}");

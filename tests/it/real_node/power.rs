@@ -43,11 +43,13 @@ async fn data(srv: &TestServer, id: &str, file: &str) -> (Vec<String>, String) {
     )
 }
 
-async fn container_gone(task: &str) -> bool {
-    !ctr(&["containers", "ls", "-q"])
+/// Whether the container's process has ended (the container's record stays
+/// until the kubelet's garbage collection, up to a minute later).
+async fn process_gone(task: &str) -> bool {
+    !ctr(&["tasks", "ls"])
         .await
         .lines()
-        .any(|l| l == task)
+        .any(|l| l.starts_with(task) && l.contains("RUNNING"))
 }
 
 #[tokio::test]
@@ -69,8 +71,8 @@ async fn a_stop_types_the_stop_command_and_a_start_finds_the_saved_world() {
     assert!(told(&srv, &id, "Stopping", "sent `stop` to the server").await);
     assert!(told(&srv, &id, "Stopped", "Stopped after").await);
     assert!(!told(&srv, &id, "StopTimedOut", "").await);
-    eventually(Duration::from_secs(30), "the container gone", || {
-        container_gone(&task)
+    eventually(Duration::from_secs(30), "the server process gone", || {
+        process_gone(&task)
     })
     .await;
 
@@ -105,8 +107,8 @@ async fn a_server_that_ignores_stop_is_stopped_at_the_timeout() {
 
     let asked = Instant::now();
     assert_eq!(power(&srv, &id, "stop").await.status, 202);
-    eventually(Duration::from_secs(60), "the container gone", || {
-        container_gone(&task)
+    eventually(Duration::from_secs(60), "the server process gone", || {
+        process_gone(&task)
     })
     .await;
     let took = asked.elapsed();
@@ -131,8 +133,8 @@ async fn a_kill_does_not_wait() {
     let (task, _) = server_process(&srv, &id).await;
     let asked = Instant::now();
     assert_eq!(power(&srv, &id, "kill").await.status, 202);
-    eventually(Duration::from_secs(30), "the container gone", || {
-        container_gone(&task)
+    eventually(Duration::from_secs(30), "the server process gone", || {
+        process_gone(&task)
     })
     .await;
     let took = asked.elapsed();
@@ -207,5 +209,41 @@ async fn a_reinstall_fetches_the_install_files_again_keeping_or_wiping_the_data(
     assert_eq!(jar, "release 3\n");
     assert!(!names.contains(&"saved".to_owned()), "not wiped: {names:?}");
     assert!(told(&srv, &id, "PodCreated", "reinstalling on wiped data").await);
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_cpu_edit_resizes_the_running_container() {
+    let (srv, _ip, node, files) = setup("real-resize").await;
+    let (id, _) = deploy(&srv, &node, &files, 64, json!({})).await;
+    wait_power(&srv, &id, PowerState::Running, true).await;
+    let (_, pid) = server_process(&srv, &id).await;
+    // 0.2 cores: 20 ms of every 100 ms, in the container's own cgroup (v2's
+    // cpu.max, or v1's quota; the period is the kernel's default 100 ms).
+    let quota = || async {
+        let read =
+            "cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us";
+        let out = try_exec(&srv, &id, &["sh", "-c", read]).await;
+        out.and_then(|o| o.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert_eq!(quota().await, "20000");
+    let a = srv
+        .call(
+            "PATCH",
+            &format!("/api/instances/{id}"),
+            Some(json!({ "cpu": 0.5 })),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    eventually(
+        Duration::from_secs(60),
+        "the kubelet to apply 0.5 cores",
+        || async { quota().await == "50000" },
+    )
+    .await;
+    let (_, still) = server_process(&srv, &id).await;
+    assert_eq!(still, pid, "the same process, not a restart");
+    assert!(told(&srv, &id, "Resized", "cpu 0.2 -> 0.5").await);
     srv.finish().await;
 }

@@ -2,10 +2,13 @@
 //! control plane. Each comparison is a ratio taken in the same run (the machines
 //! are shared and noisy). Prints a table and writes target/bench/results.json.
 //!
-//! Phases: latency (sequential deploys vs direct Pods), memory and idle writes at
-//! 1,000 instances, throughput (deploys at concurrency 32 vs direct Pods, several
-//! runs), then 10,000 instances across 1,000 users for reads (wrk, another
-//! process), memory, and the restart time.
+//! Phases: latency (sequential deploys vs direct Pods), power (stop, start and
+//! restart vs deleting and creating Pods; on the real node a stop by StopCommand vs
+//! a plain delete), memory and idle writes at 1,000 instances, throughput (deploys
+//! at concurrency 32 vs direct Pods, several runs), then 10,000 instances across
+//! 1,000 users for reads (wrk, another process), memory, and the restart time.
+
+mod power;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -140,6 +143,7 @@ async fn start_server(ns: &str, port: u16, log: &Path) -> (Server, Duration) {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(power::SERVER_ARGS)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::from(std::fs::File::create(log).expect("log file")))
         .kill_on_drop(true)
@@ -217,8 +221,12 @@ impl Deployer {
     }
 
     async fn deploy(&self, user: &str) -> (String, Instant) {
+        self.deploy_as(user, "Python").await
+    }
+
+    async fn deploy_as(&self, user: &str, image: &str) -> (String, Instant) {
         let (node, port) = self.slot();
-        let body = json!({ "image": "Python", "memory": 16, "cpu": 0.01, "ports": port.to_string(), "nodeId": node,
+        let body = json!({ "image": image, "memory": 16, "cpu": 0.01, "ports": port.to_string(), "nodeId": node,
                            "name": "bench", "user": user, "primary": port });
         let start = Instant::now();
         let resp = self
@@ -489,6 +497,9 @@ async fn main() {
                 Value::String(std::fs::read_to_string(&p).expect("read")),
             );
         }
+        for (name, entry) in power::catalog_entries() {
+            data.insert(name, Value::String(entry));
+        }
         serde_json::from_value(json!({ "metadata": { "name": "catalog", "labels": { "berth.dev/catalog": "true" } }, "data": data })).expect("cm")
     };
     Api::<ConfigMap>::namespaced(client.clone(), &ns)
@@ -528,6 +539,14 @@ async fn main() {
         client.clone(),
         floor_ns.clone(),
         floor_clock.clone(),
+    ));
+    let statuses = power::Statuses::default();
+    tokio::spawn(statuses.clone().watch(client.clone(), ns.clone()));
+    let floor_gone = Seen::default();
+    tokio::spawn(power::watch_gone(
+        client.clone(),
+        floor_ns.clone(),
+        floor_gone.clone(),
     ));
 
     let port = {
@@ -631,8 +650,39 @@ async fn main() {
     }
     eprintln!("bench: latency done");
 
+    // Power: stop, start, restart, one instance at a time, vs the floor.
+    let power_instances = knob("BENCH_POWER", power::INSTANCES);
+    let cycled: Vec<String> = futures::stream::iter(0..power_instances)
+        .map(|i| {
+            let (deployer, user) = (deployer.clone(), users[i % users.len()].clone());
+            async move { deployer.deploy_as(&user, power::KWOK_IMAGE).await.0 }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    wait_until("power instances Running", Duration::from_secs(300), || {
+        cycled
+            .iter()
+            .all(|id| at(&clock.instance_running, id).is_some())
+    })
+    .await;
+    let bench = power::Bench {
+        client: &client,
+        http: &http,
+        base: &server.base,
+        key: &key,
+        floor_ns: &floor_ns,
+        statuses: &statuses,
+        floor_running: &floor_clock.pod_running,
+        floor_gone: &floor_gone,
+    };
+    let cycles = bench.kwok(&cycled, &nodes).await;
+    eprintln!("bench: power on kwok done");
+    let real_stops = bench.real_node().await;
+    eprintln!("bench: power on the real node done");
+
     // 4/5. Memory and idle writes at 1,000 instances.
-    let have = LATENCY_DEPLOYS;
+    let have = LATENCY_DEPLOYS + power_instances;
     deployer.deploy_many(1000 - have, &users).await;
     wait_until("1,000 Running", Duration::from_secs(300), || {
         count(&clock.instance_running) >= 1000
@@ -781,6 +831,11 @@ async fn main() {
         "memory_mib": { "peak_at_0": rss_peak_0, "peak_at_1000": rss_peak_1k, "peak_at_10000": rss_peak_10k, "rss_at_10000": rss_now_10k },
         "idle_writes_60s_at_1000": idle_writes,
         "restart_to_ready_ms": { "runs": restarts, "median": median(restarts.clone()) },
+        "power_kwok": { "stop": cycles.stop.json(), "start": cycles.start.json(), "restart": cycles.restart.json() },
+        "power_real_node_stop": match &real_stops {
+            Ok(f) => f.json(),
+            Err(why) => json!({ "skipped": why }),
+        },
     });
     std::fs::write(
         out_dir.join("results.json"),
@@ -820,6 +875,27 @@ async fn main() {
         median(berth_rates.clone()),
         median(floor_rates.clone()),
     );
+    for (what, f) in [
+        ("stop", &cycles.stop),
+        ("start", &cycles.start),
+        ("restart", &cycles.restart),
+    ] {
+        for p in [0.5, 0.99] {
+            row(
+                &format!("{what} → state reached, p{} (ms)", (p * 100.0) as u32),
+                percentile(&f.berth, p),
+                percentile(&f.floor, p),
+            );
+        }
+    }
+    match &real_stops {
+        Ok(f) => row(
+            "real node: stop by StopCommand vs delete, p50 (ms)",
+            percentile(&f.berth, 0.5),
+            percentile(&f.floor, 0.5),
+        ),
+        Err(why) => println!("real node stop: skipped ({why})"),
+    }
     println!();
     println!(
         "{:<44} {:>10} {:>10} {:>10}",
