@@ -7,10 +7,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use futures::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -18,8 +21,14 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+/// How long a connection accepted just before the drain may take to send its
+/// first request: its client saw the connection succeed and is sending.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+
 /// Serves `app` on `listener` until `stop` resolves; then stops accepting (new
-/// connections are refused), lets requests in flight finish and closes idle
+/// connections are refused), serves the connections already accepted (those the
+/// kernel completed but the loop had not taken yet included: their clients saw a
+/// connection succeed), lets requests in flight finish and closes idle
 /// connections.
 pub async fn serve(
     listener: TcpListener,
@@ -31,6 +40,12 @@ pub async fn serve(
     // closed. Dropping `draining`'s sender tells them to finish.
     let (draining, drain_rx) = tokio::sync::watch::channel(());
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    let connections = Connections {
+        app,
+        header_read_timeout,
+        drain: drain_rx,
+        open: open_rx,
+    };
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -45,9 +60,35 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let service = app
+        connections.spawn(stream, peer);
+    }
+    // The backlog: connections the kernel completed that were not taken yet.
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        connections.spawn(stream, peer);
+    }
+    drop(listener);
+    drop(connections);
+    let _ = draining.send(());
+    open_tx.closed().await;
+}
+
+/// What each connection is served with.
+struct Connections {
+    app: Router,
+    header_read_timeout: Duration,
+    drain: tokio::sync::watch::Receiver<()>,
+    open: tokio::sync::watch::Receiver<()>,
+}
+
+impl Connections {
+    fn spawn(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let asked = Arc::new(AtomicBool::new(false));
+        let asked_in = asked.clone();
+        let service = self
+            .app
             .clone()
             .map_request(move |mut req: http::Request<Incoming>| {
+                asked_in.store(true, Ordering::Relaxed);
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 req
             })
@@ -55,19 +96,31 @@ pub async fn serve(
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
+            .header_read_timeout(self.header_read_timeout);
         let conn = builder
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .with_upgrades();
-        let (mut drain, open) = (drain_rx.clone(), open_rx.clone());
+        let (mut drain, open) = (self.drain.clone(), self.open.clone());
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
                 _ = drain.changed() => {
-                    // Finish the request in flight, then close (idle ones close now).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // A connection that has not asked anything yet may be about
+                    // to: hyper would close it as idle at once.
+                    let early = if asked.load(Ordering::Relaxed) {
+                        None
+                    } else {
+                        tokio::time::timeout(FIRST_REQUEST_GRACE, conn.as_mut()).await.ok()
+                    };
+                    match early {
+                        Some(ended) => ended,
+                        None => {
+                            // Finish the request in flight, then close (idle ones close now).
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
             };
             if let Err(e) = ended {
@@ -76,9 +129,4 @@ pub async fn serve(
             drop(open);
         });
     }
-    drop(listener);
-    drop(drain_rx);
-    drop(open_rx);
-    let _ = draining.send(());
-    open_tx.closed().await;
 }

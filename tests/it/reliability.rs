@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{self, eventually};
 use crate::server::{self, TestServer};
@@ -575,6 +576,36 @@ async fn sigterm_answers_what_it_accepted_then_refuses_new_connections() {
     eprintln!(
         "drain: {answered} answered, {refused} refused; new connections answered 503 for {:?}, refused from {last_at:?}",
         seen[seen.len() - 2].0
+    );
+    srv.finish().await;
+}
+
+#[tokio::test]
+async fn a_connection_made_before_the_drain_gets_its_answer() {
+    let srv = TestServer::start_with("rel-drain-early", &["--api-only"]).await;
+    let victim = server::spawn_berth(&srv.ns, &["--api-only", "--shutdown-delay", "1"]).await;
+    let addr = victim.base.trim_start_matches("http://").to_owned();
+    // Connected, nothing asked yet (a client between its connect and its request).
+    let mut early = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    common::signal(victim.child.id().expect("pid"), libc::SIGTERM);
+    // The drain has begun once new connections are refused.
+    eventually(
+        Duration::from_secs(10),
+        "new connections refused",
+        || async { tokio::net::TcpStream::connect(&addr).await.is_err() },
+    )
+    .await;
+    early
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: berth\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), early.read_to_string(&mut answer)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "a connection the server had accepted got {answer:?}"
     );
     srv.finish().await;
 }
