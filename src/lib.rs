@@ -7,6 +7,7 @@
 //! - [`names`] holds every label, field manager and group name, said once.
 
 pub mod api;
+pub mod console;
 pub mod controller;
 pub mod crd;
 pub mod metrics;

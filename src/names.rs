@@ -32,6 +32,11 @@ pub const LABEL_CATALOG: &str = "berth.dev/catalog";
 pub const SECRET_TYPE_USER: &str = "berth.dev/user";
 /// Secret type of an API key (holding only its SHA-256).
 pub const SECRET_TYPE_API_KEY: &str = "berth.dev/api-key";
+/// Secret type of the keys that sign console and user tokens.
+pub const SECRET_TYPE_SIGNING_KEY: &str = "berth.dev/signing-key";
+/// The Secret holding the token signing keys (made by the chart, or by Berth
+/// when missing).
+pub const SIGNING_SECRET: &str = "berth-token-signing";
 
 /// Annotation on an Instance: the digest of the Idempotency-Key it was deployed with.
 pub const ANNOTATION_IDEMPOTENCY: &str = "berth.dev/idempotency";

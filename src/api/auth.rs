@@ -38,14 +38,14 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
-    fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&ip).is_some_and(|(since, n)| {
             now.duration_since(*since) < FAILURE_WINDOW && *n >= MAX_FAILURES
         })
     }
 
-    fn fail(&self, ip: IpAddr, now: Instant) {
+    pub fn fail(&self, ip: IpAddr, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TRACKED {
             map.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);

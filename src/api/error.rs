@@ -15,6 +15,7 @@ use crate::store::deploy::DeployError;
 use crate::store::edit::EditError;
 use crate::store::instances::InstanceError;
 use crate::store::nodes::NodeError;
+use crate::store::tokens::TokenError;
 use crate::store::users::UserError;
 
 /// An error answer of the REST API.
@@ -40,6 +41,11 @@ impl ApiError {
     /// 401: the API key is missing or wrong.
     pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403: the caller is known, but may not do this.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
     }
 
     /// 404: no such route.
@@ -207,6 +213,16 @@ impl From<InstanceError> for ApiError {
             InstanceError::NotFound => Self::bad_request(e.to_string()),
             InstanceError::Suspended => Self::conflict(e.to_string()),
             InstanceError::Api { action, source } => Self::kube(action, source),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Expired => Self::unauthorized("Token expired"),
+            TokenError::Invalid => Self::unauthorized("Invalid token"),
+            TokenError::NoKey => Self::unavailable("No token signing key yet; try again"),
         }
     }
 }

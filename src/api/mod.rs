@@ -3,13 +3,16 @@
 
 mod auth;
 mod body;
+mod console;
 mod error;
 mod health;
 mod idempotency;
 mod images;
 mod instances;
+mod login;
 mod nodes;
 pub mod openapi;
+mod principal;
 mod root;
 mod users;
 
@@ -34,8 +37,11 @@ pub struct AppState {
     pub watch_grace: std::time::Duration,
     /// Publishes the API's Events (an edit, on its Instance).
     pub events: crate::controller::events::Events,
+    /// The consoles open on this replica.
+    pub consoles: crate::console::Consoles,
     ready: Arc<AtomicBool>,
     failures: auth::FailureLimiter,
+    logins: auth::FailureLimiter,
     lists: ListCache,
 }
 
@@ -93,10 +99,16 @@ impl AppState {
                 crate::names::MANAGED_BY,
                 &identity,
             ),
+            consoles: crate::console::Consoles::new(
+                store.client.clone(),
+                &store.namespace,
+                &store.instances,
+            ),
             store,
             watch_grace,
             ready: Arc::new(AtomicBool::new(false)),
             failures: auth::FailureLimiter::default(),
+            logins: auth::FailureLimiter::default(),
             lists: ListCache::default(),
         }
     }
@@ -130,15 +142,47 @@ impl AppState {
     }
 }
 
-/// The REST API routes, each behind the API key.
+/// The REST API routes: the panel's behind the API key; those end users may call
+/// too behind the API key or a user's token; the login and the console socket
+/// authenticate by themselves.
 fn api_routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+    let panel = Router::new()
         .merge(users::router())
         .merge(instances::router())
         .merge(nodes::router())
         .merge(images::router())
         .merge(openapi::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .merge(console::panel_router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let shared = Router::new()
+        .merge(instances::shared_router())
+        .merge(console::shared_router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_either,
+        ));
+    panel
+        .merge(shared)
+        .merge(login::router())
+        .merge(console::open_router())
+}
+
+/// Runs the API key or token check and hands the principal to the handlers.
+async fn authenticate_either(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = req.into_parts();
+    match principal::of_request(&mut parts, &state).await {
+        Ok(who) => {
+            parts.extensions.insert(who);
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Runs the API key check and hands the caller to the handlers.

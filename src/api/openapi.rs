@@ -7,7 +7,7 @@
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
@@ -35,6 +35,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::instances::lifecycle::reinstall,
         super::nodes::list, super::nodes::create, super::nodes::remove,
         super::images::list,
+        super::login::login,
+        super::console::console_token, super::console::logs, super::console::stats_now,
+        super::console::socket,
     ),
     modifiers(&Security),
     security(("api_key" = [])),
@@ -51,6 +54,16 @@ impl Modify for Security {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(
                 super::auth::API_KEY_HEADER,
             ))),
+        );
+        // A user token (from /api/auth/login) or a console token.
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
         // The same body and answers as /api/users/create, under Skyport's newer path.
         if let Some(item) = doc.paths.paths.get("/api/users/create").cloned() {
@@ -267,4 +280,74 @@ pub struct ImageDoc {
     Id: Option<String>,
     Name: String,
     Image: String,
+}
+
+/// `POST /api/auth/login` body: `username` or `email`, and `password`.
+#[derive(ToSchema)]
+pub struct LoginDoc {
+    #[schema(max_length = 64)]
+    username: Option<String>,
+    #[schema(max_length = 254)]
+    email: Option<String>,
+    #[schema(max_length = 1024)]
+    password: String,
+}
+
+/// A login's answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct LoginAnswerDoc {
+    /// A user token (1 hour): `Authorization: Bearer <token>`, or the console
+    /// socket's `auth` frame, on the user's own instances.
+    token: String,
+    /// RFC 3339.
+    expiresAt: String,
+    user: crate::store::users::User,
+}
+
+/// `POST /api/instances/:id/console-token` body.
+#[derive(ToSchema)]
+pub struct ConsoleTokenDoc {
+    /// The user the token is for: the instance's owner, or an admin.
+    #[schema(rename = "userId")]
+    user_id: String,
+    /// What the token allows (default: all).
+    permissions: Option<Vec<crate::store::tokens::Perm>>,
+}
+
+/// A console token's answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct ConsoleTokenAnswerDoc {
+    /// A 10-minute token for the socket's `auth` frame (or `Authorization: Bearer`).
+    token: String,
+    /// The console websocket's URL.
+    socket: String,
+    /// RFC 3339.
+    expiresAt: String,
+    permissions: Vec<crate::store::tokens::Perm>,
+}
+
+/// A logs answer.
+#[derive(ToSchema)]
+#[allow(non_snake_case)]
+pub struct LogsDoc {
+    Id: String,
+    lines: Vec<String>,
+}
+
+/// Stats, as Wings' `stats` event carries them.
+#[derive(ToSchema)]
+pub struct StatsDoc {
+    /// starting, running, stopping or offline.
+    state: String,
+    memory_limit_bytes: u64,
+    /// The CPU limit in percent of one core.
+    cpu_limit: f64,
+    /// Milliseconds the server has run.
+    uptime: u64,
+    /// Absent where the cluster has no metrics API.
+    memory_bytes: Option<u64>,
+    /// Percent of one core; absent where the cluster has no metrics API.
+    cpu_absolute: Option<f64>,
 }

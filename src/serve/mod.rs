@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::controller::leader::{Elector, Timing};
@@ -124,6 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
     });
+    if roles.api {
+        tokio::spawn(signing_key(Api::namespaced(client.clone(), &namespace)));
+        tokio::spawn({
+            let users = store.users.clone();
+            async move { users.warm().await }
+        });
+    }
     let state = AppState::new(store.clone(), config.watch_grace);
 
     let (stop_tx, shutdown) = Shutdown::new();
@@ -180,6 +188,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("shut down cleanly");
     Ok(())
+}
+
+/// Makes the token signing Secret when it is missing (the chart makes it; a run
+/// without the chart makes its own), trying until it exists.
+async fn signing_key(secrets: Api<k8s_openapi::api::core::v1::Secret>) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match crate::store::tokens::ensure_signing_key(&secrets).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot make the token signing Secret; console and user tokens are unavailable until it exists");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

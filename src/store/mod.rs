@@ -16,6 +16,7 @@ pub mod informer;
 pub mod instances;
 pub mod nodes;
 pub mod placement;
+pub mod tokens;
 pub mod users;
 pub mod watch;
 
@@ -28,7 +29,8 @@ use kube::{Api, Client};
 use crate::controller::observed::ObservedPod;
 use crate::crd::{Instance, Node};
 use crate::names::{
-    LABEL_CATALOG, LABEL_MANAGED_BY, MANAGED_BY, SECRET_TYPE_API_KEY, SECRET_TYPE_USER,
+    LABEL_CATALOG, LABEL_MANAGED_BY, MANAGED_BY, SECRET_TYPE_API_KEY, SECRET_TYPE_SIGNING_KEY,
+    SECRET_TYPE_USER,
 };
 use catalog::Catalog;
 use claims::{ClaimKind, Claims};
@@ -88,6 +90,8 @@ pub struct Store {
     pub users: Users,
     /// API key checker.
     pub keys: apikeys::KeyChecker,
+    /// Console and user tokens.
+    pub tokens: tokens::Tokens,
     /// Claims (usernames, emails, host ports; only the first two are watched).
     pub claims: Claims,
     /// The image catalog.
@@ -96,6 +100,7 @@ pub struct Store {
     pub storage_class: Option<String>,
     user_secrets: Informer<Secret>,
     key_secrets: Informer<Secret>,
+    signing_secrets: Informer<Secret>,
     claim_maps: Informer<ConfigMap>,
     catalog_maps: Informer<ConfigMap>,
 }
@@ -115,6 +120,7 @@ impl Store {
         let ns = Some(namespace);
         let user_secrets = Informer::new(ns);
         let key_secrets = Informer::new(ns);
+        let signing_secrets = Informer::new(ns);
         let claim_maps = Informer::new(ns);
         let claims = Claims::new(
             Api::namespaced(client.clone(), namespace),
@@ -133,11 +139,13 @@ impl Store {
                 claims.clone(),
             ),
             keys: apikeys::KeyChecker::new(key_secrets.clone()),
+            tokens: tokens::Tokens::new(signing_secrets.clone()),
             claims,
             catalog: Catalog::default(),
             storage_class: None,
             user_secrets,
             key_secrets,
+            signing_secrets,
             claim_maps,
             catalog_maps: Informer::new(ns),
             client,
@@ -203,6 +211,11 @@ impl Store {
                         secrets(SECRET_TYPE_API_KEY)
                     ),
                     watch::run(
+                        self.signing_secrets.clone(),
+                        self.api(),
+                        secrets(SECRET_TYPE_SIGNING_KEY)
+                    ),
+                    watch::run(
                         self.claim_maps.clone(),
                         self.api(),
                         all().labels(&ClaimKind::cached_selector())
@@ -233,6 +246,7 @@ impl Store {
             all.extend([
                 (self.user_secrets.health(), true),
                 (self.key_secrets.health(), true),
+                (self.signing_secrets.health(), true),
                 (self.claim_maps.health(), true),
             ]);
         }
@@ -253,6 +267,7 @@ impl Store {
             s.extend([
                 self.user_secrets.is_synced(),
                 self.key_secrets.is_synced(),
+                self.signing_secrets.is_synced(),
                 self.claim_maps.is_synced(),
             ]);
         }
@@ -278,6 +293,7 @@ impl Store {
         if self.roles.api {
             waits.push(Box::pin(self.user_secrets.synced()));
             waits.push(Box::pin(self.key_secrets.synced()));
+            waits.push(Box::pin(self.signing_secrets.synced()));
             waits.push(Box::pin(self.claim_maps.synced()));
         }
         if self.roles.controllers {

@@ -117,11 +117,12 @@ fn user_of(secret: &Secret) -> Option<User> {
     })
 }
 
-type HashJob = (String, tokio::sync::oneshot::Sender<Result<String, String>>);
+type HashJob = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads that hash passwords. Each hash takes 19 MiB and a core
-/// for tens of milliseconds; on the runtime's blocking pool, every one of its many
-/// threads would keep its own 19 MiB arena (hundreds of MiB). Few threads, few arenas.
+/// A fixed set of threads that hash and check passwords, off the async runtime.
+/// Each argon2 run takes 19 MiB and a core for tens of milliseconds; on the
+/// runtime's blocking pool, every one of its many threads would keep its own
+/// 19 MiB arena (hundreds of MiB). Few threads, few arenas.
 #[derive(Clone)]
 struct HashPool {
     jobs: std::sync::mpsc::Sender<HashJob>,
@@ -138,13 +139,8 @@ impl HashPool {
                 .spawn(move || {
                     loop {
                         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok((password, reply)) = job else { return };
-                        let salt = SaltString::generate(&mut OsRng);
-                        let hash = password_hasher()
-                            .hash_password(password.as_bytes(), &salt)
-                            .map(|h| h.to_string())
-                            .map_err(|e| e.to_string());
-                        let _ = reply.send(hash);
+                        let Ok(job) = job else { return };
+                        job();
                     }
                 });
             if let Err(e) = spawned {
@@ -154,12 +150,43 @@ impl HashPool {
         Self { jobs: tx }
     }
 
-    async fn hash(&self, password: String) -> Result<String, String> {
+    /// Runs `work` on a pool thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send((password, tx))
+            .send(Box::new(move || {
+                let _ = tx.send(work());
+            }))
             .map_err(|_| "no hashing thread".to_owned())?;
-        rx.await.map_err(|_| "hashing thread gone".to_owned())?
+        rx.await.map_err(|_| "hashing thread gone".to_owned())
+    }
+
+    async fn hash(&self, password: String) -> Result<String, String> {
+        self.run(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            password_hasher()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .await?
+    }
+
+    /// Whether `password` matches `hash` (a PHC string); a malformed hash matches nothing.
+    async fn verify(&self, password: String, hash: String) -> bool {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        self.run(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                password_hasher()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 
@@ -170,6 +197,18 @@ pub struct Users {
     cache: Informer<Secret>,
     claims: Claims,
     hashing: HashPool,
+    /// A hash of no one's password, checked when the user is unknown so that an
+    /// unknown user costs a login what a wrong password costs.
+    decoy: Arc<tokio::sync::OnceCell<String>>,
+}
+
+/// How a login names its user.
+#[derive(Clone, Debug)]
+pub enum LoginName {
+    /// By username (case-insensitive).
+    Username(String),
+    /// By email (case-insensitive).
+    Email(String),
 }
 
 impl Users {
@@ -181,7 +220,45 @@ impl Users {
             cache,
             claims,
             hashing: HashPool::new(cores),
+            decoy: Arc::default(),
         }
+    }
+
+    /// Prepares what a login needs (the decoy hash), so the first login of an
+    /// unknown user takes no longer than any other.
+    pub async fn warm(&self) {
+        self.decoy().await;
+    }
+
+    async fn decoy(&self) -> String {
+        self.decoy
+            .get_or_init(|| async {
+                let mut random = [0u8; 32];
+                argon2::password_hash::rand_core::RngCore::fill_bytes(&mut OsRng, &mut random);
+                let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                self.hashing.hash(password).await.unwrap_or_default()
+            })
+            .await
+            .clone()
+    }
+
+    /// The user `name` names, if `password` is theirs. An unknown user and a wrong
+    /// password take the same work (one argon2id check) and give the same `None`.
+    pub async fn login(&self, name: &LoginName, password: &str) -> Option<User> {
+        let user = match name {
+            LoginName::Username(u) => self.by_username(u),
+            LoginName::Email(e) => self.by_email(e),
+        };
+        let stored = user.as_ref().and_then(|u| {
+            let secret = self.cache.get(&secret_name(&u.user_id))?;
+            field(&secret, KEY_PASSWORD)
+        });
+        let hash = match stored {
+            Some(h) => h,
+            None => self.decoy().await,
+        };
+        let matches = self.hashing.verify(password.to_owned(), hash).await;
+        user.filter(|_| matches)
     }
 
     /// The user Secret's user, if both claims point at this very Secret.

@@ -204,6 +204,11 @@ async fn helm_install_on_the_real_node_then_the_user_story_then_upgrade_and_unin
             &ns,
         ],
         &["list", "nodes"],
+        &["get", "pods", "--subresource=log", "-n", &ns],
+        &["create", "pods", "--subresource=attach", "-n", &ns],
+        &["get", "pods", "--subresource=attach", "-n", &ns],
+        &["patch", "pods", "--subresource=resize", "-n", &ns],
+        &["list", "pods.metrics.k8s.io", "-n", &ns],
     ] {
         assert!(
             can_i(&ns, allowed).await,
@@ -221,6 +226,9 @@ async fn helm_install_on_the_real_node_then_the_user_story_then_upgrade_and_unin
         &["create", "clusterroles"],
         &["create", "customresourcedefinitions"],
         &["update", "secrets", "-n", &ns],
+        &["create", "pods", "--subresource=exec", "-n", &ns],
+        &["create", "pods", "--subresource=attach", "-n", "default"],
+        &["get", "pods", "--subresource=log", "-n", "kube-system"],
     ] {
         assert!(
             !can_i(&ns, denied).await,
@@ -243,6 +251,11 @@ async fn helm_install_on_the_real_node_then_the_user_story_then_upgrade_and_unin
         .data
         .expect("data")["sha256"]
         .clone();
+    let signing_before = secrets
+        .get("berth-token-signing")
+        .await
+        .expect("the chart makes the token signing key")
+        .data;
     let (mut base, mut forward) = port_forward(&ns).await;
     let http = reqwest::Client::new();
     let call =
@@ -344,6 +357,15 @@ async fn helm_install_on_the_real_node_then_the_user_story_then_upgrade_and_unin
         .expect("data")["sha256"]
         .clone();
     assert_eq!(sha_before, sha_after, "the API key survives an upgrade");
+    let signing_after = secrets
+        .get("berth-token-signing")
+        .await
+        .expect("signing key")
+        .data;
+    assert_eq!(
+        signing_before, signing_after,
+        "the token signing key survives an upgrade"
+    );
     assert_eq!(
         call(base.clone(), reqwest::Method::GET, "/api/users", None)
             .await
@@ -388,5 +410,7 @@ async fn helm_install_on_the_real_node_then_the_user_story_then_upgrade_and_unin
         );
     }
     common::kubectl(&["get", "crd", "instances.berth.dev", "nodes.berth.dev"]).await;
+    // Kept (helm.sh/resource-policy: keep): deleting it would end every token.
+    common::kubectl(&["get", "-n", &ns, "secret/berth-token-signing"]).await;
     drop(forward);
 }

@@ -8,6 +8,7 @@ mod server;
 mod api;
 mod chaos;
 mod chart;
+mod console;
 mod control_plane;
 mod controller;
 mod crds;

@@ -30,6 +30,8 @@ pub struct TestServer {
     seen: Arc<Mutex<Vec<String>>>,
     /// Strings that must never appear in an answer or a log line.
     pub secrets: Arc<Mutex<Vec<String>>>,
+    /// Strings that some answers carry (tokens) but no log line may.
+    log_secrets: Arc<Mutex<Vec<String>>>,
 }
 
 /// An answer: status and body (JSON when it parses, else a string).
@@ -267,6 +269,7 @@ impl TestServer {
             child,
             logs,
             seen: Arc::default(),
+            log_secrets: Arc::default(),
         }
     }
 
@@ -328,6 +331,12 @@ impl TestServer {
         self.secrets.lock().expect("lock").push(s.to_owned());
     }
 
+    /// Remembers a string answers may carry (a token, in the answer that issued
+    /// it) but no log line may.
+    pub fn log_secret(&self, s: &str) {
+        self.log_secrets.lock().expect("lock").push(s.to_owned());
+    }
+
     /// Stops the server and checks that no answer and no log line held a secret:
     /// a password, an API key, or any argon2 hash.
     pub async fn finish(mut self) {
@@ -343,6 +352,12 @@ impl TestServer {
                 !seen.contains(s.as_str()),
                 "an answer contains secret material {s:?}"
             );
+            assert!(
+                !logs.contains(s.as_str()),
+                "the log contains secret material {s:?}"
+            );
+        }
+        for s in self.log_secrets.lock().expect("lock").iter() {
             assert!(
                 !logs.contains(s.as_str()),
                 "the log contains secret material {s:?}"

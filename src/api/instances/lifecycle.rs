@@ -30,14 +30,21 @@ fn instance_id(id: &str) -> ApiResult<&str> {
     request_body(content = super::super::openapi::PowerDoc, content_type = "application/json"),
     responses((status = 202, description = "Accepted: the desired power, and the power now", body = super::super::openapi::PoweredDoc),
               (status = 400, description = "Instance not found, or an unknown action", body = super::super::openapi::ErrorDoc),
-              (status = 401, description = "API key missing or invalid", body = super::super::openapi::ErrorDoc),
-              (status = 409, description = "The instance is suspended", body = super::super::openapi::ErrorDoc)))]
+              (status = 401, description = "API key or token missing or invalid", body = super::super::openapi::ErrorDoc),
+              (status = 403, description = "The token does not allow power actions on this instance", body = super::super::openapi::ErrorDoc),
+              (status = 409, description = "The instance is suspended", body = super::super::openapi::ErrorDoc),
+              (status = 429, description = "Too many invalid tokens from this address", body = super::super::openapi::ErrorDoc)),
+    security(("api_key" = []), ("bearer" = [])))]
 pub async fn power(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    axum::Extension(who): axum::Extension<super::super::principal::Principal>,
     fields: Fields,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = instance_id(&id)?;
+    if let Some(inst) = state.store.instances.get(id) {
+        who.may(&inst, crate::store::tokens::Perm::Power)?;
+    }
     let action = fields.required_text("action", 16)?;
     let action: instances::Action = action.parse().map_err(|()| {
         ApiError::bad_request(format!(

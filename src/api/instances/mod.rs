@@ -32,8 +32,12 @@ pub fn router() -> Router<AppState> {
         .route("/api/instances/suspend/{id}", post(suspend))
         .route("/api/instances/unsuspend/{id}", post(unsuspend))
         .route("/api/instances/{id}", patch(lifecycle::edit))
-        .route("/api/instances/{id}/power", post(lifecycle::power))
         .route("/api/instances/{id}/reinstall", post(lifecycle::reinstall))
+}
+
+/// Routes the panel or a user's token calls.
+pub fn shared_router() -> Router<AppState> {
+    Router::new().route("/api/instances/{id}/power", post(lifecycle::power))
 }
 
 /// Every instance.
