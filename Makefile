@@ -28,6 +28,8 @@ $(VENV)/bin/schemathesis:
 ## its real node, where Berth's own image, built from the release binary, runs from the chart),
 ## then the chaos tests, which restart the control plane, one at a time
 test: $(VENV)/bin/schemathesis
+	@# The console page test drives Debian's Chromium, headless.
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	$(CARGO) build --locked --tests
 	$(CARGO) build --locked --release --bin berth
 	$(CLUSTER)/with-cluster.sh bash -c '$(CLUSTER)/clean.sh && $(CLUSTER)/images.sh berth target/release/berth && $(CARGO) test --locked -- --test-threads=$${TEST_THREADS:-8} && $(CHAOS)'

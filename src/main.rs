@@ -93,6 +93,10 @@ struct ServeArgs {
     /// CAP_CHOWN and CAP_FOWNER, for storage that ignores fsGroup (hostPath, NFS).
     #[arg(long, env = "BERTH_CHOWN_DATA")]
     chown_data: bool,
+    /// Who may embed the console page in a frame: CSP `frame-ancestors` sources,
+    /// e.g. `https://panel.example.com` (the page does nothing without a token).
+    #[arg(long, default_value = "*", env = "BERTH_CONSOLE_FRAME_ANCESTORS")]
+    console_frame_ancestors: String,
     /// Seconds a client may take to send its request headers (against slowloris).
     #[arg(long, default_value_t = 10, env = "BERTH_HEADER_READ_TIMEOUT")]
     header_read_timeout: u64,
@@ -141,6 +145,12 @@ impl ServeArgs {
                 anyhow::anyhow!("--instance-tolerations is not a JSON list of tolerations: {e}")
             })?,
         };
+        if !berth::api::page::valid_frame_ancestors(&self.console_frame_ancestors) {
+            anyhow::bail!(
+                "--console-frame-ancestors takes CSP sources separated by spaces, got {:?}",
+                self.console_frame_ancestors
+            );
+        }
         let election = berth::controller::leader::Timing::new(
             Duration::from_secs(self.lease_duration),
             Duration::from_secs(self.renew_deadline),
@@ -160,6 +170,7 @@ impl ServeArgs {
             leader_elect: self.leader_elect,
             election,
             watch_grace: Duration::from_secs(self.watch_grace),
+            console_frame_ancestors: self.console_frame_ancestors,
             header_read_timeout: Duration::from_secs(self.header_read_timeout.max(1)),
             stop_timeout: Duration::from_secs(self.stop_timeout),
             concurrency: self.concurrency.max(1),

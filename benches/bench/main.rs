@@ -4,10 +4,12 @@
 //!
 //! Phases: latency (sequential deploys vs direct Pods), power (stop, start and
 //! restart vs deleting and creating Pods; on the real node a stop by StopCommand vs
-//! a plain delete), memory and idle writes at 1,000 instances, throughput (deploys
+//! a plain delete), consoles (1,000 sockets on 100 instances: RSS per socket, line
+//! to socket vs a raw log stream), memory and idle writes at 1,000 instances, throughput (deploys
 //! at concurrency 32 vs direct Pods, several runs), then 10,000 instances across
 //! 1,000 users for reads (wrk, another process), memory, and the restart time.
 
+mod console;
 mod power;
 
 use std::collections::HashMap;
@@ -680,6 +682,15 @@ async fn main() {
     eprintln!("bench: power on kwok done");
     let real_stops = bench.real_node().await;
     eprintln!("bench: power on the real node done");
+    let consoles = console::run(
+        &bench,
+        &ns,
+        &cycled,
+        server.pid,
+        &out_dir.join("console"),
+    )
+    .await;
+    eprintln!("bench: consoles done");
 
     // 4/5. Memory and idle writes at 1,000 instances.
     let have = LATENCY_DEPLOYS + power_instances;
@@ -832,6 +843,7 @@ async fn main() {
         "idle_writes_60s_at_1000": idle_writes,
         "restart_to_ready_ms": { "runs": restarts, "median": median(restarts.clone()) },
         "power_kwok": { "stop": cycles.stop.json(), "start": cycles.start.json(), "restart": cycles.restart.json() },
+        "consoles": consoles.json(),
         "power_real_node_stop": match &real_stops {
             Ok(f) => f.json(),
             Err(why) => json!({ "skipped": why }),
@@ -896,6 +908,22 @@ async fn main() {
         ),
         Err(why) => println!("real node stop: skipped ({why})"),
     }
+    for p in [0.5, 0.99] {
+        row(
+            &format!("console line → socket, p{} (ms)", (p * 100.0) as u32),
+            percentile(&consoles.berth, p),
+            percentile(&consoles.floor, p),
+        );
+    }
+    row(
+        "console line → every socket, p99 (ms)",
+        percentile(&consoles.every, 0.99),
+        percentile(&consoles.floor, 0.99),
+    );
+    println!(
+        "console: {} sockets on {} instances, {:.1} KiB of Berth's RSS per socket",
+        consoles.sockets, consoles.instances, consoles.kib_per_socket
+    );
     println!();
     println!(
         "{:<44} {:>10} {:>10} {:>10}",

@@ -12,6 +12,7 @@ mod instances;
 mod login;
 mod nodes;
 pub mod openapi;
+pub mod page;
 mod principal;
 mod root;
 mod users;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub events: crate::controller::events::Events,
     /// The consoles open on this replica.
     pub consoles: crate::console::Consoles,
+    /// Who may frame the console page (CSP `frame-ancestors`).
+    pub frame_ancestors: Arc<str>,
     ready: Arc<AtomicBool>,
     failures: auth::FailureLimiter,
     logins: auth::FailureLimiter,
@@ -103,7 +106,9 @@ impl AppState {
                 store.client.clone(),
                 &store.namespace,
                 &store.instances,
+                &store.pods,
             ),
+            frame_ancestors: Arc::from("*"),
             store,
             watch_grace,
             ready: Arc::new(AtomicBool::new(false)),
@@ -165,6 +170,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .merge(shared)
         .merge(login::router())
         .merge(console::open_router())
+        .merge(page::router())
 }
 
 /// Runs the API key or token check and hands the principal to the handlers.

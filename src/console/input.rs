@@ -1,8 +1,10 @@
 //! Typing into a game server's console: one attach to the server's stdin per
 //! instance (per replica), shared by every socket, opened when a line is typed and
 //! closed after [`IDLE`] without one. A line is answered once it was written into
-//! the attach; an attach that broke (the container restarted, the Pod was
-//! replaced) is opened again for the next line.
+//! the attach; an attach that broke, or belongs to a container that has since
+//! been restarted or a Pod since replaced, is opened again for the next line.
+//! (A real runtime does not always end an attach when its process exits: a line
+//! written into it would be accepted and lost.)
 
 use std::time::Duration;
 
@@ -33,6 +35,10 @@ pub enum InputError {
 
 type Job = (String, oneshot::Sender<Result<(), InputError>>);
 
+/// Which run of the server is current: the Pod's uid and the container's restart
+/// count, as the Pod cache last saw them (`None` without a Pod).
+pub type Incarnation = Box<dyn Fn() -> Option<(String, i32)> + Send + Sync>;
+
 /// The shared input of one server.
 pub struct Input {
     jobs: mpsc::Sender<Job>,
@@ -46,10 +52,11 @@ impl Drop for Input {
 }
 
 impl Input {
-    /// Input into Pod `name`'s server container through `pods`.
-    pub fn new(pods: Api<Pod>, name: &str) -> Self {
+    /// Input into Pod `name`'s server container through `pods`; `current` tells
+    /// which run of it an attach must belong to.
+    pub fn new(pods: Api<Pod>, name: &str, current: Incarnation) -> Self {
         let (jobs, rx) = mpsc::channel(64);
-        let task = tokio::spawn(serve(pods, name.to_owned(), rx));
+        let task = tokio::spawn(serve(pods, name.to_owned(), current, rx));
         Self { jobs, task }
     }
 
@@ -68,6 +75,8 @@ impl Input {
 struct Attached {
     process: AttachedProcess,
     stdin: WriteHalf<SimplexStream>,
+    /// The run it was opened on.
+    run: Option<(String, i32)>,
 }
 
 impl Attached {
@@ -77,7 +86,7 @@ impl Attached {
 }
 
 /// Writes the lines that come, through an attach opened on demand.
-async fn serve(pods: Api<Pod>, name: String, mut jobs: mpsc::Receiver<Job>) {
+async fn serve(pods: Api<Pod>, name: String, current: Incarnation, mut jobs: mpsc::Receiver<Job>) {
     let mut attached: Option<Attached> = None;
     loop {
         let job = if attached.is_some() {
@@ -95,11 +104,17 @@ async fn serve(pods: Api<Pod>, name: String, mut jobs: mpsc::Receiver<Job>) {
             jobs.recv().await
         };
         let Some((line, reply)) = job else { return };
+        let run = current();
+        if attached.as_ref().is_some_and(|a| a.run != run)
+            && let Some(a) = attached.take()
+        {
+            a.close();
+        }
         // Once again with a fresh attach when the open one broke.
         let mut result = Err(InputError::Closed);
         for _ in 0..2 {
             if attached.is_none() {
-                match open(&pods, &name).await {
+                match open(&pods, &name, run.clone()).await {
                     Ok(a) => attached = Some(a),
                     Err(e) => {
                         result = Err(e);
@@ -125,7 +140,11 @@ async fn serve(pods: Api<Pod>, name: String, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-async fn open(pods: &Api<Pod>, name: &str) -> Result<Attached, InputError> {
+async fn open(
+    pods: &Api<Pod>,
+    name: &str,
+    run: Option<(String, i32)>,
+) -> Result<Attached, InputError> {
     // stdin only: the output comes from the log stream, and an attach whose
     // output nobody read would stall.
     let params = AttachParams::interactive_tty()
@@ -133,7 +152,11 @@ async fn open(pods: &Api<Pod>, name: &str) -> Result<Attached, InputError> {
         .stdout(false);
     match tokio::time::timeout(OPEN_TIMEOUT, pods.attach(name, &params)).await {
         Ok(Ok(mut process)) => match process.stdin() {
-            Some(stdin) => Ok(Attached { process, stdin }),
+            Some(stdin) => Ok(Attached {
+                process,
+                stdin,
+                run,
+            }),
             None => Err(InputError::Unreachable("the console has no stdin".into())),
         },
         Ok(Err(e)) => Err(InputError::Unreachable(match e {

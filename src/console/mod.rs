@@ -19,6 +19,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
+use crate::controller::observed::ObservedPod;
+use crate::controller::pod::SERVER_CONTAINER;
 use crate::crd::{Instance, Power, PowerState};
 use crate::store::Informer;
 use input::Input;
@@ -83,15 +85,23 @@ pub struct Consoles {
     client: Client,
     namespace: String,
     open: Arc<Mutex<HashMap<String, Weak<Console>>>>,
+    pods: Informer<ObservedPod>,
 }
 
 impl Consoles {
-    /// Consoles of `namespace`'s instances; their states follow `instances`.
-    pub fn new(client: Client, namespace: &str, instances: &Informer<Instance>) -> Self {
+    /// Consoles of `namespace`'s instances; their states follow `instances`, their
+    /// input the runs of `pods`.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        instances: &Informer<Instance>,
+        pods: &Informer<ObservedPod>,
+    ) -> Self {
         let me = Self {
             client,
             namespace: namespace.to_owned(),
             open: Arc::default(),
+            pods: pods.clone(),
         };
         tokio::spawn(me.clone().follow_states(instances.applied()));
         me
@@ -108,7 +118,7 @@ impl Consoles {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let console = Arc::new(Console {
             output: Output::follow(pods.clone(), &id),
-            input: Input::new(pods, &id),
+            input: Input::new(pods, &id, self.incarnation(&id)),
             state: watch::Sender::new(wings_state(inst)),
             stats: tokio::sync::Mutex::default(),
             namespace: self.namespace.clone(),
@@ -116,6 +126,22 @@ impl Consoles {
         });
         open.insert(id, Arc::downgrade(&console));
         console
+    }
+
+    /// The current run of instance `id`'s server, from the Pod cache.
+    fn incarnation(&self, id: &str) -> input::Incarnation {
+        let pods = self.pods.clone();
+        let id = id.to_owned();
+        Box::new(move || {
+            let pod = pods.get(&id)?;
+            let restarts = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.iter().find(|c| c.name == SERVER_CONTAINER))
+                .map_or(0, |c| c.restart_count);
+            Some((pod.metadata.uid.clone().unwrap_or_default(), restarts))
+        })
     }
 
     /// How many consoles are open.

@@ -54,6 +54,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// How long a watch may fail before `/readyz` fails.
     pub watch_grace: Duration,
+    /// Who may frame the console page (CSP `frame-ancestors` sources).
+    pub console_frame_ancestors: String,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
     /// How long a game server may take to stop by itself (unless its catalog entry says).
@@ -132,7 +134,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             async move { users.warm().await }
         });
     }
-    let state = AppState::new(store.clone(), config.watch_grace);
+    let mut state = AppState::new(store.clone(), config.watch_grace);
+    state.frame_ancestors = config.console_frame_ancestors.as_str().into();
 
     let (stop_tx, shutdown) = Shutdown::new();
     let listener = TcpListener::bind(config.listen)

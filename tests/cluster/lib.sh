@@ -19,6 +19,7 @@ KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
 K8S_VERSION=v1.36.5
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+METRICS_SERVER_VERSION=v0.8.0
 
 API_PORT=${API_PORT:-16443}
 ETCD_PORT=${ETCD_PORT:-12379}
@@ -44,6 +45,10 @@ KUBELET_PORT=${KUBELET_PORT:-$((API_PORT + 20))}
 KUBELET_HEALTHZ_PORT=${KUBELET_HEALTHZ_PORT:-$((API_PORT + 21))}
 PROXY_HEALTHZ_PORT=${PROXY_HEALTHZ_PORT:-$((API_PORT + 22))}
 PROXY_METRICS_PORT=${PROXY_METRICS_PORT:-$((API_PORT + 23))}
+METRICS_SERVER_PORT=${METRICS_SERVER_PORT:-$((API_PORT + 24))}
+# metrics-server, built apart from the control plane (its own module versions
+# and cache: see build.sh).
+METRICS_SERVER=$CLUSTER_DIR/metrics-server
 NODE_DIR=$CLUSTER_DIR/node
 CONTAINERD_SOCK=$NODE_DIR/containerd/containerd.sock
 # Why the real node cannot run here, when it cannot (one line; tests read it).
@@ -58,7 +63,7 @@ export GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
 # Components in start order; stopped in reverse. The real node's come last.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
-NODE_COMPONENTS=(containerd kubelet kube-proxy)
+NODE_COMPONENTS=(containerd kubelet kube-proxy metrics-server)
 
 ctr() { command ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 

@@ -228,6 +228,48 @@ start_kube_proxy() {
   wait_for kube-proxy 30 curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
 }
 
+# metrics-server, for the resource metrics API (metrics.k8s.io): a process on the
+# host like the kubelet, scraping the real node's kubelet only (kwok's fake nodes
+# have no kubelet to scrape), and served through the API server's aggregation
+# layer: an APIService naming a selector-less Service whose endpoint is this
+# process (the API server routes to endpoints, --enable-aggregator-routing).
+start_metrics_server() {
+  mkdir -p "$NODE_DIR/metrics-server"
+  start metrics-server "$METRICS_SERVER" --kubeconfig "$KUBECONFIG_PATH" \
+    --authentication-kubeconfig "$KUBECONFIG_PATH" --authorization-kubeconfig "$KUBECONFIG_PATH" \
+    --bind-address "$REAL_NODE_IP" --secure-port "$METRICS_SERVER_PORT" --cert-dir "$NODE_DIR/metrics-server" \
+    --kubelet-insecure-tls --kubelet-use-node-status-port --kubelet-preferred-address-types InternalIP \
+    --node-selector "kubernetes.io/hostname=$REAL_NODE_NAME" --metric-resolution 10s --kubelet-request-timeout 5s --v=1
+  wait_for metrics-server 30 curl -skf -o /dev/null --max-time 1 "https://$REAL_NODE_IP:$METRICS_SERVER_PORT/livez"
+  kubectl apply -f - >/dev/null 2>&1 <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec: {ports: [{name: https, port: 443, targetPort: $METRICS_SERVER_PORT}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: metrics-server, namespace: kube-system}
+subsets: [{addresses: [{ip: "$REAL_NODE_IP"}], ports: [{name: https, port: $METRICS_SERVER_PORT}]}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+YAML
+  if ! kubectl wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=60s >/dev/null 2>&1; then
+    log "metrics.k8s.io not available"
+    show_log metrics-server
+    return 1
+  fi
+}
+
 wait_node_ready() {
   if ! kubectl wait --for=condition=Ready "node/$REAL_NODE_NAME" --timeout=90s >/dev/null 2>&1; then
     log "$REAL_NODE_NAME not Ready"
@@ -326,6 +368,10 @@ node_down() {
   set +e
   local netns
   netns=$(pod_netns)
+  # The metrics API goes with its server (an APIService whose server is gone
+  # would fail discovery for every client).
+  kubectl delete apiservice v1beta1.metrics.k8s.io --ignore-not-found >/dev/null 2>&1
+  stop_component metrics-server
   stop_component kube-proxy
   stop_component kubelet
   stop_containers

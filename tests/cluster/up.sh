@@ -45,6 +45,23 @@ keyUsage=digitalSignature"
   rm -rf "$tmp"
 }
 
+# The aggregation layer's identity: the API server proxies metrics.k8s.io to
+# metrics-server as front-proxy-client, signed by a CA of its own.
+gen_front_proxy_pki() {
+  [ -f "$PKI/front-proxy-client.crt" ] && return
+  local tmp
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=berth-test-front-proxy-ca" -keyout "$tmp/front-proxy-ca.key" -out "$tmp/front-proxy-ca.crt" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=front-proxy-client" -keyout "$tmp/front-proxy-client.key" -out "$tmp/client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n' >"$tmp/client.ext"
+  openssl x509 -req -in "$tmp/client.csr" -CA "$tmp/front-proxy-ca.crt" -CAkey "$tmp/front-proxy-ca.key" \
+    -CAcreateserial -days 3650 -extfile "$tmp/client.ext" -out "$tmp/front-proxy-client.crt" 2>/dev/null
+  cp "$tmp"/{front-proxy-ca.crt,front-proxy-client.crt,front-proxy-client.key} "$PKI/"
+  rm -rf "$tmp"
+}
+
 write_kubeconfig() {
   [ -f "$KUBECONFIG_PATH" ] && return
   cat >"$KUBECONFIG_PATH.tmp" <<KCFG
@@ -102,6 +119,11 @@ start_kube_apiserver() {
     --kubelet-preferred-address-types InternalIP \
     --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
     --allow-privileged=true --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true \
     --v=1
   wait_for kube-apiserver 60 api_ready
   write_kubeconfig
@@ -212,6 +234,7 @@ wait_nodes_ready() {
 }
 
 gen_pki
+gen_front_proxy_pki
 started=()
 for c in "${COMPONENTS[@]}"; do
   if is_running "$c"; then
@@ -265,6 +288,7 @@ node_up() {
   write_storage_class
   is_running kube-proxy || { start_kube_proxy; started+=(kube-proxy); }
   wait_node_ready
+  is_running metrics-server || { start_metrics_server; started+=(metrics-server); }
 }
 
 real="no real node"

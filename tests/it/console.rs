@@ -250,7 +250,12 @@ async fn deploy(srv: &TestServer, node: &str, user: &str) -> String {
 }
 
 /// A console token for `user` on `id` (the panel asks with its key).
-async fn console_token(srv: &TestServer, id: &str, user: &str, perms: Option<&[&str]>) -> String {
+pub(crate) async fn console_token(
+    srv: &TestServer,
+    id: &str,
+    user: &str,
+    perms: Option<&[&str]>,
+) -> String {
     let mut body = json!({ "userId": user });
     if let Some(p) = perms {
         body["permissions"] = json!(p);

@@ -6,6 +6,7 @@ mod common;
 mod server;
 
 mod api;
+mod browser;
 mod chaos;
 mod chart;
 mod console;

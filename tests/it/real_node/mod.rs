@@ -12,6 +12,8 @@
 //! (install, ports, console, limits, restarts), `power` its lifecycle (stop with
 //! the StopCommand, kill, reinstall).
 
+mod console;
+mod page;
 mod power;
 mod runs;
 
