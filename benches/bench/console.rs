@@ -7,8 +7,8 @@ use std::io::Write;
 
 use berth::crd::Instance;
 use futures::SinkExt;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::api::LogParams;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 

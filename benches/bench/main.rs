@@ -682,14 +682,7 @@ async fn main() {
     eprintln!("bench: power on kwok done");
     let real_stops = bench.real_node().await;
     eprintln!("bench: power on the real node done");
-    let consoles = console::run(
-        &bench,
-        &ns,
-        &cycled,
-        server.pid,
-        &out_dir.join("console"),
-    )
-    .await;
+    let consoles = console::run(&bench, &ns, &cycled, server.pid, &out_dir.join("console")).await;
     eprintln!("bench: consoles done");
 
     // 4/5. Memory and idle writes at 1,000 instances.

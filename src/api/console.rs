@@ -4,6 +4,7 @@
 //! protocol (authenticated by its first frame, as Wings' is: browsers cannot set
 //! headers on a websocket).
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +30,8 @@ use crate::store::tokens::{CONSOLE_TTL, Claims, Perm};
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Most lines `logs` answers with.
 pub const MAX_TAIL: i64 = 5000;
+/// The error of a bad `?tail=`.
+const BAD_TAIL: &str = "tail must be a whole number from 1 to 5000";
 
 /// Routes only the panel calls (behind the API key).
 pub fn panel_router() -> Router<AppState> {
@@ -160,17 +163,20 @@ pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Extension(who): Extension<Principal>,
-    Query(tail): Query<Tail>,
+    tail: Result<Query<Tail>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let inst = instance(&state, &id)?;
     who.may(&inst, Perm::Console)?;
+    // A query that does not parse (a repeated or badly encoded parameter) gets
+    // this API's JSON error, not axum's plain text.
+    let Query(tail) = tail.map_err(|_| ApiError::bad_request(BAD_TAIL))?;
     let n = match tail.tail.as_deref() {
         None | Some("") => 100,
         Some(t) => t
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=MAX_TAIL).contains(n))
-            .ok_or_else(|| ApiError::bad_request("tail must be a whole number from 1 to 5000"))?,
+            .ok_or_else(|| ApiError::bad_request(BAD_TAIL))?,
     };
     let lines = output::tail(&state.store.client, &state.store.namespace, &id, n)
         .await

@@ -571,11 +571,14 @@ async fn tokens_expire_on_the_socket_and_a_fresh_auth_renews_them() {
         t
     };
     let mut ws = Socket::open(&s.srv.base, &s.id).await;
-    ws.auth(&mint(3)).await;
-    ws.expect("console output", Some("first line")).await;
-    // Less than a minute left: warned at once; then expired, and output stops.
-    ws.expect("token expiring", None).await;
+    ws.auth(&mint(4)).await;
+    // Less than a minute left: warned at once (before or after the history),
+    // then expired, and output stops.
     ws.expect("token expired", None).await;
+    let events: Vec<&str> = ws.seen.iter().map(|(e, _)| e.as_str()).collect();
+    let warned = events.iter().position(|e| *e == "token expiring");
+    let ended = events.iter().position(|e| *e == "token expired");
+    assert!(warned.is_some() && warned < ended, "{events:?}");
     s.log.write(&["while expired"]);
     ws.send("send command", &["say hi"]).await;
     ws.expect("token expired", None).await;
