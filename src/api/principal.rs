@@ -82,6 +82,10 @@ pub async fn of_request(parts: &mut Parts, state: &AppState) -> Result<Principal
         ));
     }
     match state.store.tokens.verify(token) {
+        // A deleted user's tokens stop working at once, not when they expire.
+        Ok(claims) if state.store.users.by_id(&claims.sub).is_none() => {
+            Err(ApiError::unauthorized("The token's user no longer exists"))
+        }
         Ok(claims) => Ok(Principal::User(claims)),
         Err(e) => {
             if let Some(ip) = ip {

@@ -137,10 +137,17 @@ where
             // The closing handshake: read on (and drop) what the client still
             // sends until its close arrives. Hanging up at once would reset the
             // connection over unread frames, and the client would never see why.
+            // Where the stream cannot be read on (a frame over the limit was left
+            // unread), give the client a moment to read the close first.
             let drain = async {
-                while let Some(Ok(msg)) = rx.next().await {
-                    if msg.is_close() {
-                        break;
+                loop {
+                    match rx.next().await {
+                        Some(Ok(msg)) if msg.is_close() => break,
+                        Some(Ok(_)) => {}
+                        _ => {
+                            tokio::time::sleep(CLOSE_WAIT / 2).await;
+                            break;
+                        }
                     }
                 }
             };
@@ -250,16 +257,31 @@ where
         }
     }
 
+    /// Checks a token for this socket: its claims, or why it is refused.
+    fn check(&self, inst: &Instance, token: &str) -> Result<Claims, &'static str> {
+        let claims = self.ctx.store.tokens.verify(token).map_err(|e| match e {
+            TokenError::Expired => "the token has expired",
+            TokenError::Invalid => "the token is not valid",
+            TokenError::NoKey => "no token signing key yet; try again",
+        })?;
+        if self.ctx.store.users.by_id(&claims.sub).is_none() {
+            return Err("the token's user no longer exists");
+        }
+        let id = inst.name_any();
+        if !Perm::ALL
+            .iter()
+            .any(|p| claims.allows(&id, &inst.spec.user_id, *p))
+        {
+            return Err("this token is not for this instance");
+        }
+        Ok(claims)
+    }
+
     async fn auth(&mut self, inst: &Instance, token: &str) -> Result<(), End> {
-        let claims = match self.ctx.store.tokens.verify(token) {
+        let claims = match self.check(inst, token) {
             Ok(c) => c,
-            Err(e) => {
+            Err(why) => {
                 self.bad_tokens += 1;
-                let why = match e {
-                    TokenError::Expired => "the token has expired",
-                    TokenError::Invalid => "the token is not valid",
-                    TokenError::NoKey => "no token signing key yet; try again",
-                };
                 self.say(Frame::jwt_error(why)).await?;
                 return if self.bad_tokens >= MAX_BAD_TOKENS {
                     Err(End::Close(CloseCode::Policy, "too many invalid tokens"))
@@ -268,20 +290,6 @@ where
                 };
             }
         };
-        let id = inst.name_any();
-        if !Perm::ALL
-            .iter()
-            .any(|p| claims.allows(&id, &inst.spec.user_id, *p))
-        {
-            self.bad_tokens += 1;
-            self.say(Frame::jwt_error("this token is not for this instance"))
-                .await?;
-            return if self.bad_tokens >= MAX_BAD_TOKENS {
-                Err(End::Close(CloseCode::Policy, "too many invalid tokens"))
-            } else {
-                Ok(())
-            };
-        }
         let left = Duration::from_secs(claims.exp.saturating_sub(now_secs()));
         let expires = Instant::now() + left;
         let was_streaming = self.granted.as_ref().is_some_and(|g| !g.expired);
@@ -320,10 +328,13 @@ where
         Ok(())
     }
 
+    /// The console, if the token allows `perm` on `inst` and its user still exists
+    /// (a deleted user's tokens stop working at once, not when they expire).
     fn granted(&self, inst: &Instance, perm: Perm) -> Option<Arc<Console>> {
         self.granted
             .as_ref()
             .filter(|g| g.may(inst, perm))
+            .filter(|g| self.ctx.store.users.by_id(&g.claims.sub).is_some())
             .map(|g| g.console.clone())
     }
 

@@ -369,7 +369,13 @@ fn kube_node_of(store: &Store, inst: &Instance) -> Result<String, EditError> {
         })
 }
 
-/// One merge patch of the changed fields, guarded by the resourceVersion checked.
+/// Tries of the write while only the status moves under it.
+const WRITE_TRIES: usize = 5;
+
+/// One merge patch of the changed fields, guarded by a resourceVersion. The edit
+/// was checked against the spec of `current`: when the guard fails but the spec is
+/// the same (its generation unchanged: only the controller's status moved), the
+/// write is tried again on the fresh version; another spec is a 409.
 async fn write(
     store: &Store,
     current: &Instance,
@@ -379,23 +385,44 @@ async fn write(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let patch = json!({
-        "metadata": { "resourceVersion": current.resource_version() },
-        "spec": spec,
-    });
-    match store
-        .instance_api()
-        .patch(&current.name_any(), &params, &Patch::Merge(&patch))
-        .await
-    {
-        Ok(w) => Ok(w),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(EditError::Changed),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(EditError::NotFound),
-        Err(source) => Err(EditError::Api {
-            action: "edit the instance",
-            source,
-        }),
+    let api = store.instance_api();
+    let name = current.name_any();
+    let mut version = current.resource_version();
+    for _ in 0..WRITE_TRIES {
+        let patch = json!({
+            "metadata": { "resourceVersion": version },
+            "spec": spec,
+        });
+        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(w) => return Ok(w),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let fresh = match api.get_opt(&name).await {
+                    Ok(Some(fresh)) => fresh,
+                    Ok(None) => return Err(EditError::NotFound),
+                    Err(source) => {
+                        return Err(EditError::Api {
+                            action: "read the instance",
+                            source,
+                        });
+                    }
+                };
+                if fresh.metadata.generation != current.metadata.generation
+                    || fresh.uid() != current.uid()
+                {
+                    return Err(EditError::Changed);
+                }
+                version = fresh.resource_version();
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => return Err(EditError::NotFound),
+            Err(source) => {
+                return Err(EditError::Api {
+                    action: "edit the instance",
+                    source,
+                });
+            }
+        }
     }
+    Err(EditError::Changed)
 }
 
 /// Releases `ports`' claims held by `inst`.

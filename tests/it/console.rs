@@ -478,6 +478,29 @@ async fn console_tokens_are_for_one_instance_and_its_owner_or_an_admin() {
         0,
         "no console permission, no output"
     );
+
+    // A deleted user's tokens stop working at once, not when they expire.
+    Api::<Secret>::namespaced(srv.client.clone(), &srv.ns)
+        .delete(&berth::store::users::secret_name("u2"), &Default::default())
+        .await
+        .expect("delete u2");
+    let stats = format!("/api/instances/{other}/stats");
+    eventually(Duration::from_secs(10), "u2's token refused", || async {
+        let a = srv
+            .send(srv.raw("GET", &stats).header("authorization", bearer(&u2)))
+            .await;
+        a.status == 401
+    })
+    .await;
+    let mut ws = Socket::open(&srv.base, &other).await;
+    ws.send("auth", &[&u2]).await;
+    let why = ws.expect("jwt error", None).await;
+    assert!(
+        why[0]
+            .as_str()
+            .is_some_and(|w| w.contains("no longer exists")),
+        "{why:?}"
+    );
     s.finish().await;
 }
 
