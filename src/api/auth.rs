@@ -58,20 +58,53 @@ impl FailureLimiter {
     }
 }
 
+/// An attempt from one client address, to count if it fails.
+pub struct Attempt<'a> {
+    limiter: &'a FailureLimiter,
+    ip: Option<IpAddr>,
+    at: Instant,
+}
+
+impl Attempt<'_> {
+    /// Counts the attempt as failed.
+    pub fn failed(&self) {
+        if let Some(ip) = self.ip {
+            self.limiter.fail(ip, self.at);
+        }
+    }
+}
+
+impl FailureLimiter {
+    /// Starts an attempt from `ip`; a 429 saying `why` while the address is blocked.
+    pub fn attempt(&self, ip: Option<IpAddr>, why: &'static str) -> Result<Attempt<'_>, ApiError> {
+        let at = Instant::now();
+        if ip.is_some_and(|ip| self.blocked(ip, at)) {
+            return Err(ApiError::too_many_requests(why));
+        }
+        Ok(Attempt {
+            limiter: self,
+            ip,
+            at,
+        })
+    }
+}
+
+/// The client's address, when the server recorded it.
+pub fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let now = Instant::now();
-        if ip.is_some_and(|ip| state.failures.blocked(ip, now)) {
-            return Err(ApiError::too_many_requests(
-                "Too many requests with an invalid API key; try again later",
-            ));
-        }
+        let attempt = state.failures.attempt(
+            peer_ip(parts),
+            "Too many requests with an invalid API key; try again later",
+        )?;
         let key = parts
             .headers
             .get(API_KEY_HEADER)
@@ -92,10 +125,8 @@ impl FromRequestParts<AppState> for Caller {
             }),
             Some(_) => Err(ApiError::unauthorized("Invalid API key")),
         };
-        if result.is_err()
-            && let Some(ip) = ip
-        {
-            state.failures.fail(ip, now);
+        if result.is_err() {
+            attempt.failed();
         }
         result
     }

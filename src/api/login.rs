@@ -5,7 +5,6 @@
 //! are (a limiter of their own, so a guessing user does not lock out the panel).
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
 use axum::routing::post;
@@ -39,13 +38,10 @@ pub async fn login(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     fields: Fields,
 ) -> ApiResult<Json<Value>> {
-    let ip = peer.map(|Extension(c)| c.0.ip());
-    let now = Instant::now();
-    if ip.is_some_and(|ip| state.logins.blocked(ip, now)) {
-        return Err(ApiError::too_many_requests(
-            "Too many failed logins; try again later",
-        ));
-    }
+    let attempt = state.logins.attempt(
+        peer.map(|Extension(c)| c.0.ip()),
+        "Too many failed logins; try again later",
+    )?;
     let name = match (
         fields.text("username", MAX_USERNAME)?,
         fields.text("email", MAX_EMAIL)?,
@@ -61,9 +57,7 @@ pub async fn login(
         ));
     }
     let Some(user) = state.store.users.login(&name, &password).await else {
-        if let Some(ip) = ip {
-            state.logins.fail(ip, now);
-        }
+        attempt.failed();
         return Err(ApiError::unauthorized(
             "Invalid username, email or password",
         ));

@@ -3,15 +3,11 @@
 //! a console token for one instance). Bad tokens count against the caller's
 //! address like bad API keys.
 
-use std::net::SocketAddr;
-use std::time::Instant;
-
-use axum::extract::ConnectInfo;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::AppState;
-use super::auth::{API_KEY_HEADER, Caller};
+use super::auth::{API_KEY_HEADER, Caller, peer_ip};
 use super::error::ApiError;
 use crate::crd::Instance;
 use crate::store::tokens::{Claims, Perm};
@@ -71,16 +67,10 @@ pub async fn of_request(parts: &mut Parts, state: &AppState) -> Result<Principal
     let Some(token) = bearer else {
         return Err(ApiError::unauthorized("API key or token is required"));
     };
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let now = Instant::now();
-    if ip.is_some_and(|ip| state.failures.blocked(ip, now)) {
-        return Err(ApiError::too_many_requests(
-            "Too many requests with an invalid token; try again later",
-        ));
-    }
+    let attempt = state.failures.attempt(
+        peer_ip(parts),
+        "Too many requests with an invalid token; try again later",
+    )?;
     match state.store.tokens.verify(token) {
         // A deleted user's tokens stop working at once, not when they expire.
         Ok(claims) if state.store.users.by_id(&claims.sub).is_none() => {
@@ -88,9 +78,7 @@ pub async fn of_request(parts: &mut Parts, state: &AppState) -> Result<Principal
         }
         Ok(claims) => Ok(Principal::User(claims)),
         Err(e) => {
-            if let Some(ip) = ip {
-                state.failures.fail(ip, now);
-            }
+            attempt.failed();
             Err(e.into())
         }
     }

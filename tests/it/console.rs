@@ -392,18 +392,14 @@ async fn console_tokens_are_for_one_instance_and_its_owner_or_an_admin() {
     ws.expect("jwt error", None).await;
     ws.send("send command", &["say hi"]).await;
     ws.expect("jwt error", None).await;
-    let bearer = |t: &str| format!("Bearer {t}");
     let a = srv
-        .send(
-            srv.raw("GET", &format!("/api/instances/{other}/logs"))
-                .header("authorization", bearer(&owner)),
-        )
+        .as_user("GET", &format!("/api/instances/{other}/logs"), &owner)
         .await;
     assert_eq!(a.status, 403, "{a:?}");
     let a = srv
         .send(
             srv.raw("POST", &format!("/api/instances/{other}/power"))
-                .header("authorization", bearer(&admin))
+                .bearer_auth(&admin)
                 .json(&json!({ "action": "stop" })),
         )
         .await;
@@ -413,9 +409,10 @@ async fn console_tokens_are_for_one_instance_and_its_owner_or_an_admin() {
     );
     // On its own instance it works.
     let a = srv
-        .send(
-            srv.raw("GET", &format!("/api/instances/{}/logs?tail=1", s.id))
-                .header("authorization", bearer(&admin)),
+        .as_user(
+            "GET",
+            &format!("/api/instances/{}/logs?tail=1", s.id),
+            &admin,
         )
         .await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -428,17 +425,11 @@ async fn console_tokens_are_for_one_instance_and_its_owner_or_an_admin() {
     )
     .await;
     let a = srv
-        .send(
-            srv.raw("GET", &format!("/api/instances/{}/stats", s.id))
-                .header("authorization", bearer(&u2)),
-        )
+        .as_user("GET", &format!("/api/instances/{}/stats", s.id), &u2)
         .await;
     assert_eq!(a.status, 403, "{a:?}");
     let a = srv
-        .send(
-            srv.raw("GET", &format!("/api/instances/{other}/stats"))
-                .header("authorization", bearer(&u2)),
-        )
+        .as_user("GET", &format!("/api/instances/{other}/stats"), &u2)
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body["memory_limit_bytes"], json!(64 << 20), "{a:?}");
@@ -446,21 +437,13 @@ async fn console_tokens_are_for_one_instance_and_its_owner_or_an_admin() {
     ws.send("auth", &[&u2]).await;
     ws.expect("jwt error", None).await;
     // A user token is no API key: the panel's routes refuse it.
-    let a = srv
-        .send(
-            srv.raw("GET", "/api/instances")
-                .header("authorization", bearer(&u2)),
-        )
-        .await;
+    let a = srv.as_user("GET", "/api/instances", &u2).await;
     assert_eq!(a.status, 401, "{a:?}");
 
     // A token with fewer permissions allows only those.
     let stats_only = console_token(srv, &s.id, "u1", Some(&["stats"])).await;
     let a = srv
-        .send(
-            srv.raw("GET", &format!("/api/instances/{}/logs", s.id))
-                .header("authorization", bearer(&stats_only)),
-        )
+        .as_user("GET", &format!("/api/instances/{}/logs", s.id), &stats_only)
         .await;
     assert_eq!(a.status, 403, "{a:?}");
     let mut ws = Socket::open(&srv.base, &s.id).await;
@@ -486,9 +469,7 @@ async fn console_tokens_are_for_one_instance_and_its_owner_or_an_admin() {
         .expect("delete u2");
     let stats = format!("/api/instances/{other}/stats");
     eventually(Duration::from_secs(10), "u2's token refused", || async {
-        let a = srv
-            .send(srv.raw("GET", &stats).header("authorization", bearer(&u2)))
-            .await;
+        let a = srv.as_user("GET", &stats, &u2).await;
         a.status == 401
     })
     .await;
@@ -521,10 +502,7 @@ async fn the_login_does_not_tell_unknown_users_from_wrong_passwords() {
     )
     .await;
     let a = srv
-        .send(
-            srv.raw("GET", &format!("/api/instances/{}/logs?tail=1", s.id))
-                .header("authorization", format!("Bearer {t}")),
-        )
+        .as_user("GET", &format!("/api/instances/{}/logs?tail=1", s.id), &t)
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     // Bad requests: 400, and they count for nothing.
@@ -682,26 +660,12 @@ async fn a_rotated_signing_key_keeps_tokens_of_the_previous_one() {
     s.srv.log_secret(&by_new);
     let logs = format!("/api/instances/{}/logs?tail=1", s.id);
     eventually(Duration::from_secs(10), "the new key in use", || async {
-        let a = s
-            .srv
-            .send(
-                s.srv
-                    .raw("GET", &logs)
-                    .header("authorization", format!("Bearer {by_new}")),
-            )
-            .await;
+        let a = s.srv.as_user("GET", &logs, &by_new).await;
         a.status == 200
     })
     .await;
     // ...the old key's tokens still pass, until the previous key is dropped.
-    let a = s
-        .srv
-        .send(
-            s.srv
-                .raw("GET", &logs)
-                .header("authorization", format!("Bearer {old}")),
-        )
-        .await;
+    let a = s.srv.as_user("GET", &logs, &old).await;
     assert_eq!(a.status, 200, "{a:?}");
     let patch = json!({ "data": { "previous": null } });
     secrets
@@ -716,14 +680,7 @@ async fn a_rotated_signing_key_keeps_tokens_of_the_previous_one() {
         Duration::from_secs(10),
         "the old key's tokens refused",
         || async {
-            let a = s
-                .srv
-                .send(
-                    s.srv
-                        .raw("GET", &logs)
-                        .header("authorization", format!("Bearer {old}")),
-                )
-                .await;
+            let a = s.srv.as_user("GET", &logs, &old).await;
             a.status == 401
         },
     )

@@ -318,6 +318,11 @@ impl TestServer {
         Answer { status, body }
     }
 
+    /// Sends a request with a user's (or console) token instead of the API key.
+    pub async fn as_user(&self, method: &str, path: &str, token: &str) -> Answer {
+        self.send(self.raw(method, path).bearer_auth(token)).await
+    }
+
     /// A raw request builder for `path`, without the API key.
     pub fn raw(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
         self.http.request(
