@@ -55,8 +55,11 @@ type Arrival = (usize, usize, Instant);
 async fn serve_logs(client: &Client, ns: &str, ids: &[String], dir: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).expect("console dir");
     let gvk = GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Logs");
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "logs"),
+    );
     let mut files = Vec::new();
     for id in ids {
         let path = dir.join(format!("{id}.log"));

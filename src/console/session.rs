@@ -3,9 +3,10 @@
 //! output and its live output, commands typed into it, power changes and stats, as
 //! far as the token allows; `token expiring` a minute before the token ends and
 //! `token expired` when it does (nothing more until a fresh `auth`, which may come
-//! at any time to renew). Bad frames get a `daemon error` frame; floods, oversized
-//! frames and repeated bad tokens close the socket. Nothing here can take Berth
-//! down: every failure ends this socket only.
+//! at any time to renew; a socket not renewed within [`RENEW_GRACE`] is closed, so
+//! an abandoned one holds no log stream). Bad frames get a `daemon error` frame;
+//! floods, oversized frames and repeated bad tokens close the socket. Nothing here
+//! can take Berth down: every failure ends this socket only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub const MAX_COMMANDS_PER_SECOND: u32 = 100;
 const CLOSE_COMMANDS_PER_SECOND: u32 = 2 * MAX_COMMANDS_PER_SECOND;
 /// Refused tokens after which the socket is closed.
 const MAX_BAD_TOKENS: u32 = 3;
+/// How long a socket whose token expired stays open for a fresh `auth`.
+pub const RENEW_GRACE: Duration = Duration::from_secs(60);
 /// How long a closing socket waits for the client's close.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How often stats are sent while the server is not offline.
@@ -181,6 +184,11 @@ where
                 .as_ref()
                 .filter(|g| !g.expired)
                 .map(|g| g.expires);
+            let renew_by = self
+                .granted
+                .as_ref()
+                .filter(|g| g.expired)
+                .map(|g| g.expires + RENEW_GRACE);
             let step = tokio::select! {
                 msg = rx.next() => match msg {
                     Some(Ok(Message::Text(text))) => self.frame(text.as_str()).await,
@@ -211,6 +219,9 @@ where
                     if let Some(g) = self.granted.as_mut() { g.expired = true; }
                     self.lines = None;
                     self.say(Frame::token_expired()).await
+                },
+                () = sleep_until(renew_by), if renew_by.is_some() => {
+                    Err(End::Close(CloseCode::Policy, "the token expired and was not renewed"))
                 },
                 _ = stats_tick.tick(), if streaming => self.periodic_stats().await,
             };

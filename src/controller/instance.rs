@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
 use super::events::{EventType, Happening};
+use super::merge;
 use super::observed::ObservedPod;
 use super::pod::{self, BuildError, Launch};
 use super::power::{self, Facts, Step};
@@ -230,7 +231,7 @@ async fn resize(
                 ..Outcome::default()
             })
         }
-        Err(e) => Err(Error::ApplyPod(e)),
+        Err(e) => Err(Error::WritePod(e)),
     }
 }
 
@@ -298,16 +299,7 @@ async fn create_pod(
             .await
             .map_err(Error::ApplyClaim)?;
     }
-    // Pods are written as full Pods and read back as what the controller keeps.
-    let pods: Api<ObservedPod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let created = pods
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
-        .map_err(Error::ApplyPod)?;
+    let created = post_pod(ctx, &name, &desired).await?;
     info!(instance = %name, node = %kube_node, "pod created");
     let recreated = inst
         .status
@@ -332,6 +324,43 @@ async fn create_pod(
     Ok(Arc::new(created))
 }
 
+/// Creates the Pod (POST: Berth never updates a Pod, a change makes a new one, so
+/// an apply would only cost the API server more) and reads the answer as what
+/// the controller keeps. A Pod that already exists (the cache had not shown it
+/// yet) is the one made before: it is read and kept, and the next look replaces
+/// it if it is not of the Instance's current shape; a Pod of that name that
+/// is not this Instance's is left alone (the error says so).
+async fn post_pod(
+    ctx: &Context,
+    name: &str,
+    desired: &k8s_openapi::api::core::v1::Pod,
+) -> Result<ObservedPod, Error> {
+    let owner = desired.owner_references().first().map(|o| &o.uid);
+    let pods: Api<ObservedPod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let body =
+        serde_json::to_vec(desired).map_err(|e| Error::WritePod(kube::Error::SerdeError(e)))?;
+    let request = kube::core::Request::new(pods.resource_url())
+        .create(&params, body)
+        .map_err(|e| Error::WritePod(kube::Error::BuildRequest(e)))?;
+    match ctx.client.request::<ObservedPod>(request).await {
+        Ok(pod) => Ok(pod),
+        Err(kube::Error::Api(taken)) if taken.code == 409 => {
+            let pod = pods.get(name).await.map_err(Error::WritePod)?;
+            // Made before for this very Instance: kept. Anyone else's: not ours to take.
+            if pod.owner_references().iter().any(|o| Some(&o.uid) == owner) {
+                Ok(pod)
+            } else {
+                Err(Error::WritePod(kube::Error::Api(taken)))
+            }
+        }
+        Err(e) => Err(Error::WritePod(e)),
+    }
+}
+
 /// Writes the status when it changed, unless it is a step on the way to Running
 /// that has not lasted (see [`status::may_wait`]).
 async fn write_status(inst: &Instance, ctx: &Context, obs: &Observed<'_>) -> Result<Action, Error> {
@@ -345,23 +374,43 @@ async fn write_status(inst: &Instance, ctx: &Context, obs: &Observed<'_>) -> Res
                 return Ok(Action::requeue(status::SETTLE - waited));
             }
         }
-        let held = ctx.settled(&name);
+        // A JSON merge patch of what changed, from the version read: the
+        // controller is the status's only writer, and a merge patch costs the API
+        // server about half of an apply. The resourceVersion guard makes the diff
+        // exact: read from a stale copy, it is refused, and the next look (the
+        // fresh copy is on its way) derives it again.
+        let before = serde_json::to_value(&inst.status).unwrap_or_default();
+        let after = serde_json::to_value(&status).unwrap_or_default();
+        let changes = merge::diff(&before, &after).unwrap_or_default();
+        let patch = json!({
+            "metadata": { "resourceVersion": inst.resource_version() },
+            "status": changes,
+        });
         let api: Api<Instance> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-        let patch =
-            json!({ "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::PatchInstanceStatus)?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match api
+            .patch_status(&name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Action::requeue(STALE_RETRY));
+            }
+            Err(e) => return Err(Error::PatchInstanceStatus(e)),
+        }
+        let held = ctx.settled(&name);
         announce(ctx, inst, inst.status.as_ref(), &status, held);
     }
     // Changes wake the controller; the periodic look is a safety net only (it
     // reads informers and writes nothing when nothing changed).
     Ok(Action::requeue(RESYNC))
 }
+
+/// When to look again after a status write was refused for a stale read.
+const STALE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reason of the Event telling a Pod was created.
 pub const REASON_POD_CREATED: &str = "PodCreated";

@@ -7,6 +7,7 @@
 pub mod events;
 pub mod instance;
 pub mod leader;
+pub mod merge;
 pub mod node;
 pub mod observed;
 pub mod pod;
@@ -34,9 +35,9 @@ pub use pod::PodSettings;
 /// Why a reconcile failed; named after the action that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Server-side apply of a Pod failed.
-    #[error("failed to apply pod: {0}")]
-    ApplyPod(#[source] kube::Error),
+    /// Creating (or resizing) a Pod failed.
+    #[error("failed to write pod: {0}")]
+    WritePod(#[source] kube::Error),
     /// Deleting a Pod failed.
     #[error("failed to delete pod: {0}")]
     DeletePod(#[source] kube::Error),
@@ -54,7 +55,7 @@ pub enum Error {
 impl Error {
     fn source_error(&self) -> &kube::Error {
         match self {
-            Self::ApplyPod(e)
+            Self::WritePod(e)
             | Self::DeletePod(e)
             | Self::ApplyClaim(e)
             | Self::PatchInstanceStatus(e)

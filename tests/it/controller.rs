@@ -701,3 +701,92 @@ async fn berth_nodes_on_one_machine_share_its_host_ports() {
     fake.delete(&client).await;
     srv.finish().await;
 }
+
+/// A Pod for Instance `inst` on `node`, made by someone else than the controller
+/// (owned by the Instance; with Berth's labels and a stale shape when `berth_made`).
+fn premade_pod(inst: &Instance, node: &str, berth_made: bool) -> Pod {
+    let mut pod = json!({
+        "metadata": { "name": inst.name_any(),
+            "ownerReferences": [{ "apiVersion": "berth.dev/v1alpha1", "kind": "Instance",
+                "name": inst.name_any(), "uid": inst.uid().expect("uid"), "controller": true }] },
+        "spec": { "nodeName": node, "containers": [{ "name": "server", "image": "example.invalid/game:0" }] }
+    });
+    if berth_made {
+        pod["metadata"]["labels"] = json!({
+            berth::names::LABEL_MANAGED_BY: berth::names::MANAGED_BY,
+            berth::names::LABEL_INSTANCE: inst.name_any() });
+        pod["metadata"]["annotations"] =
+            json!({ berth::controller::pod::ANNOTATION_POD_HASH: "an-older-shape" });
+    }
+    serde_json::from_value(pod).expect("pod")
+}
+
+#[tokio::test]
+async fn a_pod_made_before_is_kept_and_one_of_an_older_shape_is_replaced() {
+    let srv = TestServer::start("ctl-premade").await;
+    let (client, ns) = (srv.client.clone(), srv.ns.clone());
+    let fake = FakeNode::create(&client).await;
+    srv.user("u1").await;
+    // Instances on a node that does not exist yet: nothing is placed.
+    let api: Api<Instance> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut premade = BTreeMap::new();
+    for (name, berth_made) in [("kept", false), ("older", true)] {
+        let port = common::random_port();
+        let inst: Instance = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Instance", "metadata": { "name": name },
+            "spec": { "displayName": name, "userId": "u1", "image": "example.invalid/game:1", "node": "not-yet",
+                      "memory": 64, "cpu": 0.05, "ports": [{ "containerPort": port, "hostPort": port }], "primaryPort": port }
+        }))
+        .expect("instance");
+        let inst = api
+            .create(&PostParams::default(), &inst)
+            .await
+            .expect("create instance");
+        // Its Pod, made first: one the controller's cache cannot see (no Berth
+        // labels: its create meets AlreadyExists), one of an older shape.
+        let pod = pods
+            .create(
+                &PostParams::default(),
+                &premade_pod(&inst, &fake.name, berth_made),
+            )
+            .await
+            .expect("premade pod");
+        premade.insert(name, pod.uid().expect("uid"));
+    }
+    // The node appears (written directly, under the name the Instances gave it);
+    // both Instances are placed.
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Node", "metadata": { "name": "not-yet" },
+        "spec": { "displayName": "N", "address": fake.ip }
+    }))
+    .expect("node");
+    Api::<Node>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    // AlreadyExists on create is "already made": the Pod is kept and runs.
+    wait_state(&client, &ns, "kept", InstanceState::Running).await;
+    assert_eq!(
+        pods.get("kept").await.expect("pod").uid(),
+        Some(premade["kept"].clone()),
+        "the Pod made before is kept"
+    );
+    // A Pod of an older shape is replaced by one of the Instance's.
+    eventually(
+        Duration::from_secs(60),
+        "the older Pod replaced",
+        || async {
+            pods.get_opt("older").await.ok().flatten().is_some_and(|p| {
+                p.uid() != Some(premade["older"].clone())
+                    && p.annotations()
+                        .get(berth::controller::pod::ANNOTATION_POD_HASH)
+                        .is_some_and(|h| h != "an-older-shape")
+            })
+        },
+    )
+    .await;
+    wait_state(&client, &ns, "older", InstanceState::Running).await;
+    fake.delete(&client).await;
+    srv.finish().await;
+}
