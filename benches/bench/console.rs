@@ -28,6 +28,8 @@ pub struct ConsoleFigures {
     pub instances: usize,
     /// Berth's RSS growth per open socket (KiB), consoles' own cost included.
     pub kib_per_socket: f64,
+    /// Lines that never reached a socket (30 s per round).
+    pub missed: usize,
     /// Line written → arrival at a socket (ms), sorted.
     pub berth: Vec<f64>,
     /// Line written → arrival at a raw log stream (ms), sorted.
@@ -40,7 +42,7 @@ impl ConsoleFigures {
     pub fn json(&self) -> Value {
         json!({
             "sockets": self.sockets, "instances": self.instances,
-            "kib_per_socket": self.kib_per_socket,
+            "kib_per_socket": self.kib_per_socket, "missed": self.missed,
             "line_to_socket_ms": { "p50": percentile(&self.berth, 0.5), "p99": percentile(&self.berth, 0.99) },
             "line_to_every_socket_ms": { "p50": percentile(&self.every, 0.5), "p99": percentile(&self.every, 0.99) },
             "floor_line_to_stream_ms": { "p50": percentile(&self.floor, 0.5), "p99": percentile(&self.floor, 0.99) },
@@ -140,8 +142,12 @@ async fn raw_stream(
         tail_lines: Some(1),
         ..LogParams::default()
     };
-    let Ok(stream) = pods.log_stream(&id, &params).await else {
-        return;
+    let stream = match pods.log_stream(&id, &params).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            eprintln!("bench: the raw log stream of {id} failed: {e}");
+            return;
+        }
     };
     let mut lines = std::pin::pin!(futures::AsyncBufReadExt::lines(stream));
     while let Ok(Some(text)) = lines.try_next().await {
@@ -223,7 +229,10 @@ pub async fn run(
             .expect("bench: sockets never all got their history");
     }
     let (floor_tx, mut floor_arrivals) = mpsc::unbounded_channel();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // A client of their own: the bench's client already holds its watches, and
+    // the API server serves at most so many streams on one HTTP/2 connection.
+    let own = Client::try_default().await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(own, ns);
     for (i, id) in ids.iter().enumerate() {
         tasks.push(tokio::spawn(raw_stream(
             pods.clone(),
@@ -238,6 +247,7 @@ pub async fn run(
     let mut berth = Vec::new();
     let mut floor = Vec::new();
     let mut every = Vec::new();
+    let mut missed = 0;
     for round in 0..ROUNDS {
         let mut written = Vec::new();
         for (i, path) in files.iter().enumerate() {
@@ -263,14 +273,20 @@ pub async fn run(
                     floor.push(ms(at - written[i]));
                     got_floor += 1;
                 },
-                () = tokio::time::sleep_until(deadline) => panic!(
-                    "bench: round {round}: {got} of {sockets} sockets and {got_floor} of {} streams got the line",
-                    ids.len()
-                ),
+                () = tokio::time::sleep_until(deadline) => {
+                    eprintln!(
+                        "bench: round {round}: only {got} of {sockets} sockets and {got_floor} of {} streams got the line in 30 s",
+                        ids.len()
+                    );
+                    missed += sockets - got;
+                    break;
+                }
             }
         }
         for (i, at) in last.iter().enumerate() {
-            every.push(ms(at.expect("every instance's line arrived") - written[i]));
+            if let Some(at) = at {
+                every.push(ms(*at - written[i]));
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -284,6 +300,7 @@ pub async fn run(
         sockets,
         instances: ids.len(),
         kib_per_socket: (rss_after - rss_before) * 1024.0 / sockets as f64,
+        missed,
         berth,
         floor,
         every,

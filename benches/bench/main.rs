@@ -914,8 +914,8 @@ async fn main() {
         percentile(&consoles.floor, 0.99),
     );
     println!(
-        "console: {} sockets on {} instances, {:.1} KiB of Berth's RSS per socket",
-        consoles.sockets, consoles.instances, consoles.kib_per_socket
+        "console: {} sockets on {} instances, {:.1} KiB of Berth's RSS per socket, {} lines missed",
+        consoles.sockets, consoles.instances, consoles.kib_per_socket, consoles.missed
     );
     println!();
     println!(
