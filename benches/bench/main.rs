@@ -5,7 +5,7 @@
 //! Phases: latency (sequential deploys vs direct Pods), power (stop, start and
 //! restart vs deleting and creating Pods; on the real node a stop by StopCommand vs
 //! a plain delete), consoles (1,000 sockets on 100 instances: RSS per socket, line
-//! to socket vs a raw log stream), memory and idle writes at 1,000 instances, throughput (deploys
+//! to socket), memory and idle writes at 1,000 instances, throughput (deploys
 //! at concurrency 32 vs direct Pods, several runs), then 10,000 instances across
 //! 1,000 users for reads (wrk, another process), memory, and the restart time.
 
@@ -901,17 +901,12 @@ async fn main() {
         ),
         Err(why) => println!("real node stop: skipped ({why})"),
     }
-    for p in [0.5, 0.99] {
-        row(
-            &format!("console line → socket, p{} (ms)", (p * 100.0) as u32),
-            percentile(&consoles.berth, p),
-            percentile(&consoles.floor, p),
-        );
-    }
-    row(
-        "console line → every socket, p99 (ms)",
-        percentile(&consoles.every, 0.99),
-        percentile(&consoles.floor, 0.99),
+    println!(
+        "console line → socket p50 / p99 (ms): {:.1} / {:.1}; → every socket of its instance p50 / p99: {:.1} / {:.1}",
+        percentile(&consoles.berth, 0.5),
+        percentile(&consoles.berth, 0.99),
+        percentile(&consoles.every, 0.5),
+        percentile(&consoles.every, 0.99)
     );
     println!(
         "console: {} sockets on {} instances, {:.1} KiB of Berth's RSS per socket, {} lines missed",
