@@ -19,7 +19,12 @@
 
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables umoci busybox-static)
 CNI_BIN=/usr/lib/cni
-SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward)
+SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward fs.inotify.max_user_instances)
+# Every followed log (kubectl logs -f, a Berth console) costs the kubelet, and
+# kwok, one inotify instance (the CRI log reader watches the log's directory);
+# the default 128 per user runs out with a hundred consoles open, and the streams
+# past it end at once.
+INOTIFY_INSTANCES=8192
 
 # node_preflight: installs what is missing, and says in one line (into
 # $NODE_UNAVAILABLE) why this host cannot run the real node, if it cannot.
@@ -71,6 +76,9 @@ node_network() {
   # Pods reach the API server and the test's file server on the node's address,
   # and the kube-proxy's Service routing needs forwarding.
   sysctl -qw net.ipv4.ip_forward=1
+  if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt "$INOTIFY_INSTANCES" ]; then
+    sysctl -qw fs.inotify.max_user_instances="$INOTIFY_INSTANCES"
+  fi
   if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
     sysctl -qw net.bridge.bridge-nf-call-iptables=1
   fi
