@@ -1,9 +1,9 @@
 //! Consoles: many sockets on kwok instances whose logs kwok serves from files the
 //! bench appends to. Berth's RSS per socket, and the time from a line written to
 //! a Pod's log to its arrival at each socket and at the last of an instance's
-//! sockets (kwok's following of the file included). No floor: raw log streams
-//! opened by a second client saw kwok's appended lines erratically (54 of 100
-//! within 5 s), so they measure kwok, not a floor.
+//! sockets (kwok's following of the file included). No floor: a raw log stream
+//! per Pod beside Berth's measures kwok's following again, and doubles the inotify
+//! instances the followers take (past the host's limit, streams end at once).
 
 use std::io::Write;
 
