@@ -141,16 +141,8 @@ pub async fn run(
     let mut tokens = Vec::new();
     for id in ids {
         let owner = instances.get(id).await.expect("instance").spec.user_id;
-        let a: Value = http
-            .post(format!("{base}/api/instances/{id}/console-token"))
-            .header("x-api-key", key)
-            .json(&json!({ "userId": owner }))
-            .send()
-            .await
-            .expect("console-token")
-            .json()
-            .await
-            .expect("token JSON");
+        let path = format!("/api/instances/{id}/console-token");
+        let a = api_post(http, base, key, &path, json!({ "userId": owner })).await;
         tokens.push(a["token"].as_str().expect("token").to_owned());
     }
     // kwok serves the files once it has seen the Logs objects.

@@ -92,6 +92,19 @@ async fn watch_instances(client: Client, ns: String, clock: Clock) {
         .await;
 }
 
+/// POSTs `body` to Berth's `path` with the API key; the JSON answer.
+async fn api_post(http: &reqwest::Client, base: &str, key: &str, path: &str, body: Value) -> Value {
+    http.post(format!("{base}{path}"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("bench: POST {path}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("bench: POST {path} answered no JSON: {e}"))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -581,16 +594,14 @@ async fn main() {
         .await;
     let mut berth_nodes = Vec::new();
     for (_, ip) in &nodes {
-        let r: Value = http
-            .post(format!("{}/api/nodes/create", server.base))
-            .header("x-api-key", &key)
-            .json(&json!({ "name": ip, "address": ip }))
-            .send()
-            .await
-            .expect("node")
-            .json()
-            .await
-            .expect("json");
+        let r = api_post(
+            &http,
+            &server.base,
+            &key,
+            "/api/nodes/create",
+            json!({ "name": ip, "address": ip }),
+        )
+        .await;
         berth_nodes.push(r["id"].as_str().expect("id").to_owned());
     }
     let deployer = Arc::new(Deployer {

@@ -276,17 +276,14 @@ impl Bench<'_> {
     /// deleted directly. `Err` says why there is no real node.
     pub async fn real_node(&self) -> Result<Figures, String> {
         let ip = real_node_ip(self.client).await?;
-        let node: Value = self
-            .http
-            .post(format!("{}/api/nodes/create", self.base))
-            .header("x-api-key", self.key)
-            .json(&json!({ "name": "real", "address": ip }))
-            .send()
-            .await
-            .expect("node")
-            .json()
-            .await
-            .expect("json");
+        let node = api_post(
+            self.http,
+            self.base,
+            self.key,
+            "/api/nodes/create",
+            json!({ "name": "real", "address": ip }),
+        )
+        .await;
         let node = node["id"].as_str().expect("node id").to_owned();
         let mut stops = Figures::new();
         for i in 0..REAL_ROUNDS {
