@@ -258,7 +258,13 @@ impl TestServer {
             .expect("api key");
 
         let Berth { child, base, logs } = spawn_berth(&ns, args).await;
-        let http = reqwest::Client::new();
+        // Berth closes a keep-alive connection idle past its header timeout (10 s);
+        // a client reusing one just then gets no answer. Clients must let idle
+        // connections go sooner, as this one does.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
         Self {
             client,
             ns,

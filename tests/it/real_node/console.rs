@@ -94,9 +94,20 @@ async fn the_console_shows_the_server_types_into_it_and_stops_it() {
     assert!(frame.is_some(), "the socket's stats carry the use too");
 
     // A crash: the container restarts and the socket follows its new output.
+    let crashed_at = ws.seen.len();
     ws.send("send command", &["crash"]).await;
     until_printed(&mut ws, "Starting Berth stand-in").await;
     until_printed(&mut ws, "Done (").await;
+    // Typed once Berth says the new run is running: before that, the kubelet has
+    // not yet reported the restart, and a line still goes to the ended run's
+    // attach (about a second; see the closing note).
+    let running = |seen: &[(String, Vec<Value>)]| {
+        seen.iter()
+            .any(|(e, a)| e == "status" && a.first().and_then(Value::as_str) == Some("running"))
+    };
+    if !running(&ws.seen[crashed_at..]) {
+        ws.expect("status", Some("running")).await;
+    }
     ws.send("send command", &["say typed after the restart"])
         .await;
     until_printed(&mut ws, "typed after the restart").await;
