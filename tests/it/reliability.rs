@@ -572,7 +572,12 @@ async fn sigterm_answers_what_it_accepted_then_refuses_new_connections() {
     for (at, outcome) in &seen[unready..seen.len() - 1] {
         assert_eq!(*outcome, Ok(503), "answered, unready, at {at:?}: {seen:?}");
     }
-    assert!(seen.len() > 10, "probed during the delay: {seen:?}");
+    // Probes are paced by a loaded machine (one CI run got 5 in the 2 s delay):
+    // what matters is that several landed inside the delay, in the order above.
+    assert!(
+        seen.len() >= 4 && seen[seen.len() - 2].0 >= DELAY / 2,
+        "probed during the delay: {seen:?}"
+    );
     eprintln!(
         "drain: {answered} answered, {refused} refused; new connections answered 503 for {:?}, refused from {last_at:?}",
         seen[seen.len() - 2].0
