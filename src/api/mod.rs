@@ -9,6 +9,7 @@ mod health;
 mod idempotency;
 mod images;
 mod instances;
+mod lists;
 mod login;
 mod nodes;
 pub mod openapi;
@@ -45,49 +46,7 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     failures: auth::FailureLimiter,
     logins: auth::FailureLimiter,
-    lists: ListCache,
-}
-
-/// Serialized list answers, kept while the caches they were made from are
-/// unchanged: at 10,000 instances, serializing the list costs far more than
-/// sending it, and most reads find nothing changed.
-#[derive(Clone, Default)]
-pub struct ListCache(Arc<std::sync::Mutex<std::collections::HashMap<&'static str, CachedList>>>);
-
-/// The cache versions an answer was built from, and the answer.
-type CachedList = (Vec<u64>, axum::body::Bytes);
-
-impl ListCache {
-    /// The answer named `name` for cache versions `versions`, built when missing or stale.
-    /// `versions` must be read before the data `build` reads, so a change during
-    /// the build leaves an entry that the next read finds stale.
-    pub fn get(
-        &self,
-        name: &'static str,
-        versions: Vec<u64>,
-        build: impl FnOnce() -> Vec<u8>,
-    ) -> axum::response::Response {
-        use axum::response::IntoResponse;
-        let hit = {
-            let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(name)
-                .filter(|(v, _)| *v == versions)
-                .map(|(_, b)| b.clone())
-        };
-        let body = hit.unwrap_or_else(|| {
-            let bytes = axum::body::Bytes::from(build());
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name, (versions, bytes.clone()));
-            bytes
-        });
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
-    }
+    lists: lists::ListCache,
 }
 
 impl AppState {
@@ -114,12 +73,12 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             failures: auth::FailureLimiter::default(),
             logins: auth::FailureLimiter::default(),
-            lists: ListCache::default(),
+            lists: lists::ListCache::default(),
         }
     }
 
     /// Cached list answers.
-    pub fn lists(&self) -> &ListCache {
+    pub fn lists(&self) -> &lists::ListCache {
         &self.lists
     }
 

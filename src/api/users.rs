@@ -1,13 +1,15 @@
 //! `/api/users`, `/api/getUser`, `/api/users/create` (and `/api/auth/create-user`).
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::AppState;
 use super::body::Fields;
 use super::error::{ApiError, ApiResult};
+use super::lists::{ListRequest, PageQuery};
 use crate::store::users::{NewUser, User};
 
 /// Longest username.
@@ -30,16 +32,25 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/create-user", post(create))
 }
 
-/// Every user.
+/// Every user, or a page of them (`?page=&perPage=`).
 #[utoipa::path(get, path = "/api/users", tag = "users",
-    responses((status = 200, description = "List of users", body = [User]),
+    params(super::lists::PageQuery),
+    responses((status = 200, description = "List of users (a page: `X-Total-Count` and `Link` headers)", body = [User]),
+              (status = 400, description = "A bad page or perPage", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
-pub async fn list(State(state): State<AppState>) -> axum::response::Response {
-    state
+pub async fn list(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    let request = ListRequest::new(&uri, &headers, query)?;
+    let users = state.store.users.clone();
+    let list = state
         .lists()
-        .get("users", state.store.users.versions(), || {
-            serde_json::to_vec(&state.store.users.list()).unwrap_or_default()
-        })
+        .get("users", users.versions(), move || users.list())
+        .await;
+    Ok(request.respond(&list).await)
 }
 
 /// A user by email or username.

@@ -16,6 +16,7 @@ mod crds;
 mod drift;
 mod fuzz;
 mod leader;
+mod lists;
 mod power;
 mod real_node;
 mod reliability;

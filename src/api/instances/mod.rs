@@ -6,8 +6,10 @@ pub mod lifecycle;
 pub mod parse;
 pub mod view;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::{HeaderMap, Uri};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
@@ -16,6 +18,7 @@ use serde_json::{Value, json};
 use super::body::{Fields, has_control};
 use super::error::{ApiError, ApiResult};
 use super::idempotency::{self, IdempotencyKey};
+use super::lists::{ListRequest, PageQuery};
 use super::{AppState, Caller};
 use crate::store::deploy::{self, Keyed};
 use crate::store::{INDEX_USER, instances};
@@ -40,22 +43,31 @@ pub fn shared_router() -> Router<AppState> {
     Router::new().route("/api/instances/{id}/power", post(lifecycle::power))
 }
 
-/// Every instance.
+/// Every instance, or a page of them (`?page=&perPage=`; without them the
+/// Skyport answer, gzip-compressed when the client accepts it).
 #[utoipa::path(get, path = "/api/instances", tag = "instances",
-    responses((status = 200, description = "List of instances", body = [InstanceView]),
+    params(super::lists::PageQuery),
+    responses((status = 200, description = "List of instances, by id (a page: `X-Total-Count` and `Link` headers)", body = [InstanceView]),
+              (status = 400, description = "A bad page or perPage", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
-pub async fn list(State(state): State<AppState>) -> axum::response::Response {
+pub async fn list(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    let request = ListRequest::new(&uri, &headers, query)?;
     let versions = vec![state.store.instances.version(), state.store.nodes.version()];
-    state.lists().get("instances", versions, || {
-        let views: Vec<InstanceView> = state
-            .store
-            .instances
-            .list()
-            .iter()
-            .map(|i| view(&state, i))
-            .collect();
-        serde_json::to_vec(&views).unwrap_or_default()
-    })
+    let build_state = state.clone();
+    let list = state
+        .lists()
+        .get("instances", versions, move || {
+            let state = build_state;
+            let instances = state.store.instances.list();
+            instances.iter().map(|i| view(&state, i)).collect()
+        })
+        .await;
+    Ok(request.respond(&list).await)
 }
 
 /// One instance.
