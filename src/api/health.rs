@@ -22,7 +22,7 @@ async fn metrics() -> ([(axum::http::header::HeaderName, &'static str); 1], Stri
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            crate::metrics::CONTENT_TYPE,
         )],
         crate::metrics::render(),
     )

@@ -191,13 +191,35 @@ async fn limits(req: axum::extract::Request, next: middleware::Next) -> axum::re
     }
 }
 
-/// Counts every answer by status class for `/metrics`.
-async fn count_responses(
+/// The route pattern that answered a request (`/api/instances/{id}/power`), carried
+/// out to [`observe_responses`] on the answer: the route is known only inside
+/// the router, the time only outside it.
+#[derive(Clone)]
+struct Route(axum::extract::MatchedPath);
+
+/// Puts the matched route on the answer.
+async fn note_route(
+    route: axum::extract::MatchedPath,
     req: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(Route(route));
+    resp
+}
+
+/// Counts and times every answer by route and status class for `/metrics`.
+async fn observe_responses(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    crate::metrics::count_http(resp.status().as_u16());
+    let route = resp
+        .extensions()
+        .get::<Route>()
+        .map_or("unmatched", |r| r.0.as_str());
+    crate::metrics::observe_http(route, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -212,11 +234,12 @@ pub fn router(state: AppState, with_api: bool) -> Router {
         .merge(routes)
         .merge(health::router())
         .merge(root::router())
+        .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::not_found("Not found") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Fields reads the body with its own limit; this also bounds anything else.
         .layer(DefaultBodyLimit::max(body::MAX_BODY))
         .layer(middleware::from_fn(limits))
-        .layer(middleware::from_fn(count_responses))
+        .layer(middleware::from_fn(observe_responses))
         .with_state(state)
 }

@@ -184,8 +184,9 @@ where
     Fut: Future<Output = Result<Action, Error>>,
 {
     let k = key(obj.as_ref());
+    let started = std::time::Instant::now();
     let result = f(obj, ctx.clone()).await;
-    metrics::count_reconcile(name, result.is_ok());
+    metrics::observe_reconcile(name, result.is_ok(), started.elapsed());
     if result.is_ok() {
         ctx.succeeded(&k);
     }

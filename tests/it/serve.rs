@@ -86,3 +86,100 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
     let code = resp.status().as_u16();
     Some((code, resp.text().await.ok()?))
 }
+
+/// The count of a histogram series (`name_count{labels}`) in `text`, 0 when absent.
+fn histogram_count(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[tokio::test]
+async fn metrics_time_answers_by_route_reconciles_and_api_server_calls() {
+    use crate::server::{TestServer, metrics};
+    let srv = TestServer::start("serve-metrics").await;
+    let fake = common::FakeNode::create(&srv.client).await;
+    srv.user("m1").await;
+    let node = srv.node(&fake.ip).await;
+    let port = common::random_port();
+    let a = srv
+        .call(
+            "POST",
+            "/api/instances/deploy",
+            Some(serde_json::json!({
+                "image": "ghcr.io/skyportlabs/images:java21", "memory": "512", "cpu": 1,
+                "ports": port.to_string(), "primary": port.to_string(),
+                "nodeId": node, "name": "Timed", "user": "m1",
+            })),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    for _ in 0..3 {
+        assert_eq!(srv.call("GET", "/api/instances", None).await.status, 200);
+    }
+    assert_eq!(
+        srv.call("GET", "/api/no-such-route", None).await.status,
+        404
+    );
+    let bad = srv
+        .call(
+            "POST",
+            "/api/getInstance",
+            Some(serde_json::json!({ "id": "nope" })),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+
+    // The reconcile that made the Pod is timed once it ran.
+    eventually(Duration::from_secs(30), "a timed reconcile", || async {
+        histogram_count(
+            &metrics(&srv.base).await,
+            "berth_reconcile_duration_seconds_count{controller=\"instance\"}",
+        ) > 0
+    })
+    .await;
+    let text = metrics(&srv.base).await;
+    let count = |series: &str| histogram_count(&text, series);
+    assert_eq!(
+        count("berth_http_request_duration_seconds_count{route=\"/api/instances\",class=\"2xx\"}"),
+        3,
+        "by route pattern"
+    );
+    assert_eq!(
+        count(
+            "berth_http_request_duration_seconds_count{route=\"/api/instances/deploy\",class=\"2xx\"}"
+        ),
+        1
+    );
+    assert!(
+        count(
+            "berth_http_request_duration_seconds_count{route=\"/api/getInstance\",class=\"4xx\"}"
+        ) >= 1
+    );
+    assert!(
+        count("berth_http_request_duration_seconds_count{route=\"unmatched\",class=\"4xx\"}") >= 1
+    );
+    assert!(
+        count("berth_kube_request_duration_seconds_count{verb=\"create\",resource=\"instances\"}")
+            >= 1,
+        "the deploy's create is timed"
+    );
+    assert!(
+        count("berth_kube_request_duration_seconds_count{verb=\"create\",resource=\"pods\"}") >= 1
+    );
+    assert_eq!(
+        count("berth_kube_request_duration_seconds_count{verb=\"watch\",resource=\"pods\"}"),
+        0,
+        "watches are counted, not timed"
+    );
+    assert!(
+        crate::server::sum_series(&text, "berth_kube_requests_total", &["verb=\"watch\""], &[]) > 0
+    );
+    // Every bucket bound is in seconds, from half a millisecond.
+    assert!(
+        text.contains("berth_http_request_duration_seconds_bucket{le=\"0.0005\",route=\"/api/instances\",class=\"2xx\"}"),
+        "{text}"
+    );
+    fake.delete(&srv.client).await;
+    srv.finish().await;
+}
