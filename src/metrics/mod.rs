@@ -36,6 +36,10 @@ const BUCKETS: [f64; 14] = [
 type Pair = [(&'static str, &'static str); 2];
 /// One label with a fixed value.
 type One = [(&'static str, &'static str); 1];
+/// Two labels, the first's value made at run time.
+type Named = [(&'static str, String); 2];
+/// A histogram family with Berth's buckets.
+type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
@@ -45,12 +49,12 @@ fn histogram() -> Histogram {
 struct Metrics {
     registry: Registry,
     kube_requests: Family<Pair, Counter>,
-    kube_durations: Family<Pair, Histogram, fn() -> Histogram>,
+    kube_durations: Timings<Pair>,
     reconciles: Family<Pair, Counter>,
-    reconcile_durations: Family<One, Histogram, fn() -> Histogram>,
+    reconcile_durations: Timings<One>,
     watch_errors: Family<[(&'static str, String); 1], Counter>,
     http_responses: Family<One, Counter>,
-    http_durations: Family<[(&'static str, String); 2], Histogram, fn() -> Histogram>,
+    http_durations: Timings<Named>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -104,7 +108,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     // Series known in advance start at zero, so "none yet" reads as 0, not as absent.
     for controller in CONTROLLERS {
         for result in ["ok", "error"] {
-            m.reconciles
+            let _ = m
+                .reconciles
                 .get_or_create(&[("controller", controller), ("result", result)]);
         }
     }
