@@ -30,36 +30,99 @@ const BAD_PAGE: &str = "page must be a whole number from 1, perPage one from 1 t
 /// The header carrying the number of items in the whole list, on a page.
 pub const TOTAL_COUNT_HEADER: &str = "x-total-count";
 
+/// What an item's rendering was made from: its object's resourceVersion and the
+/// version of anything else its view reads. The same stamp, the same bytes.
+pub type Stamp = (u64, u64);
+
 /// A serialized list: the JSON array, where each item lies in it, and its gzip
 /// form once a client asked for it.
 pub struct Rendered {
     body: Bytes,
     /// Byte range of each item in `body`, in order.
     items: Vec<(usize, usize)>,
+    /// Key → stamp and index of each item, in a list built with stamps.
+    stamps: HashMap<Box<str>, (Stamp, usize)>,
     gzip: OnceLock<Bytes>,
 }
 
-impl Rendered {
-    /// Serializes `items` as one JSON array, noting where each item lies.
-    pub fn new<T: Serialize>(items: &[T]) -> Self {
-        let mut body = Vec::with_capacity(items.len() * 512 + 2);
-        let mut bounds = Vec::with_capacity(items.len());
+/// A JSON array being written, item by item.
+struct Builder {
+    body: Vec<u8>,
+    items: Vec<(usize, usize)>,
+}
+
+impl Builder {
+    fn new(items: usize, bytes: usize) -> Self {
+        let mut body = Vec::with_capacity(bytes + 2);
         body.push(b'[');
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            let start = body.len();
-            // Views of our own types: serializing them cannot fail.
-            let _ = serde_json::to_writer(&mut body, item);
-            bounds.push((start, body.len()));
-        }
-        body.push(b']');
         Self {
-            body: Bytes::from(body),
-            items: bounds,
+            body,
+            items: Vec::with_capacity(items),
+        }
+    }
+
+    /// Appends one item, written by `write`.
+    fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if !self.items.is_empty() {
+            self.body.push(b',');
+        }
+        let start = self.body.len();
+        write(&mut self.body);
+        self.items.push((start, self.body.len()));
+    }
+
+    fn finish(mut self, stamps: HashMap<Box<str>, (Stamp, usize)>) -> Rendered {
+        self.body.push(b']');
+        Rendered {
+            body: Bytes::from(self.body),
+            items: self.items,
+            stamps,
             gzip: OnceLock::new(),
         }
+    }
+}
+
+/// Serializes one item; views of our own types cannot fail to serialize.
+fn write_item<T: Serialize>(body: &mut Vec<u8>, item: &T) {
+    let _ = serde_json::to_writer(body, item);
+}
+
+impl Rendered {
+    /// Serializes `items` as one JSON array, noting where each item lies. Items
+    /// are serialized as they come: at 10,000 instances, collecting their views
+    /// first would hold another ~10 MB at the peak.
+    pub fn new<T: Serialize>(items: impl ExactSizeIterator<Item = T>) -> Self {
+        let mut out = Builder::new(items.len(), items.len() * 512);
+        for item in items {
+            out.push(|body| write_item(body, &item));
+        }
+        out.finish(HashMap::new())
+    }
+
+    /// Like [`Rendered::new`] for items with a key and a [`Stamp`]: an item whose
+    /// stamp is the one it had in `previous` is copied from there, not made and
+    /// serialized again. During a deploy wave the list changes with every status
+    /// write, a few items at a time: copying 10,000 items' bytes takes a fraction
+    /// of serializing their views.
+    pub fn reusing<'a, X, T: Serialize>(
+        previous: Option<&Rendered>,
+        items: impl ExactSizeIterator<Item = (&'a str, Stamp, X)>,
+        view: impl Fn(X) -> T,
+    ) -> Self {
+        let bytes = previous.map_or(items.len() * 512, |p| p.body.len());
+        let mut out = Builder::new(items.len(), bytes);
+        let mut stamps = HashMap::with_capacity(items.len());
+        for (key, stamp, item) in items {
+            let before = previous
+                .and_then(|p| p.stamps.get(key).filter(|(s, _)| *s == stamp))
+                .and_then(|&(_, i)| previous.map(|p| &p.body[p.items[i].0..p.items[i].1]));
+            match before {
+                Some(bytes) => out.push(|body| body.extend_from_slice(bytes)),
+                None => out.push(|body| write_item(body, &view(item))),
+            }
+            stamps.insert(Box::from(key), (stamp, out.items.len() - 1));
+        }
+        out.finish(stamps)
     }
 
     /// Number of items.
@@ -279,10 +342,10 @@ impl ListCache {
     /// The list named `name` for cache versions `versions`, built by `build` when
     /// missing or stale. `versions` must be read before the data `build` reads,
     /// so that a change during the build leaves an entry the next read finds stale.
-    pub async fn get<T, F>(&self, name: &'static str, versions: Vec<u64>, build: F) -> Arc<Rendered>
+    /// `build` gets the last build, if any, to reuse what is unchanged.
+    pub async fn get<F>(&self, name: &'static str, versions: Vec<u64>, build: F) -> Arc<Rendered>
     where
-        T: Serialize,
-        F: FnOnce() -> Vec<T> + Send + 'static,
+        F: FnOnce(Option<Arc<Rendered>>) -> Rendered + Send + 'static,
     {
         let slot = self
             .0
@@ -306,9 +369,10 @@ impl ListCache {
             *started += 1;
             *started
         };
-        let list = tokio::task::spawn_blocking(move || Arc::new(Rendered::new(&build())))
+        let previous = slot.last();
+        let list = tokio::task::spawn_blocking(move || Arc::new(build(previous)))
             .await
-            .unwrap_or_else(|_| Arc::new(Rendered::new::<()>(&[])));
+            .unwrap_or_else(|_| Arc::new(Rendered::new(std::iter::empty::<()>())));
         *slot.entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(Entry {
             versions,
             build: build_no,
@@ -319,6 +383,15 @@ impl ListCache {
 }
 
 impl Slot {
+    /// The last build, fresh or not.
+    fn last(&self) -> Option<Arc<Rendered>> {
+        self.entry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|e| e.list.clone())
+    }
+
     /// The last build, if made from `versions` or started after build `after`.
     fn fresh(&self, versions: &[u64], after: u64) -> Option<Arc<Rendered>> {
         self.entry
@@ -373,7 +446,7 @@ mod tests {
     #[test]
     fn a_page_is_a_slice_of_the_whole_array() {
         let items: Vec<serde_json::Value> = (0..5).map(|i| serde_json::json!({ "n": i })).collect();
-        let list = Rendered::new(&items);
+        let list = Rendered::new(items.iter());
         let whole: Vec<serde_json::Value> = serde_json::from_slice(&list.body()).unwrap();
         assert_eq!(whole, items);
         let page = |number, per_page| -> Vec<serde_json::Value> {
@@ -384,7 +457,7 @@ mod tests {
         assert_eq!(page(4, 2), Vec::<serde_json::Value>::new());
         assert_eq!(page(1, 1000), items);
         assert_eq!(
-            Rendered::new::<()>(&[]).page(Page {
+            Rendered::new(std::iter::empty::<()>()).page(Page {
                 number: 1,
                 per_page: 5
             }),
@@ -408,7 +481,7 @@ mod tests {
     fn the_gzip_form_inflates_to_the_body() {
         use std::io::Read as _;
         let items: Vec<String> = (0..1000).map(|i| format!("instance-{i}")).collect();
-        let list = Rendered::new(&items);
+        let list = Rendered::new(items.iter());
         let gz = gzip(&list.body());
         assert!(
             gz.len() * 4 < list.body().len(),
@@ -423,15 +496,58 @@ mod tests {
         assert_eq!(out, list.body());
     }
 
+    #[test]
+    fn unchanged_items_are_copied_and_changed_ones_made_again() {
+        let made = std::cell::Cell::new(0);
+        let view = |n: u64| {
+            made.set(made.get() + 1);
+            serde_json::json!({ "n": n })
+        };
+        let first = Rendered::reusing(
+            None,
+            [("a", (1, 0), 1), ("b", (1, 0), 2), ("c", (1, 0), 3)].into_iter(),
+            view,
+        );
+        assert_eq!(made.get(), 3);
+        // b changed (new stamp), c is gone, d is new; a is copied.
+        let second = Rendered::reusing(
+            Some(&first),
+            [("a", (1, 0), 100), ("b", (2, 0), 20), ("d", (1, 0), 4)].into_iter(),
+            view,
+        );
+        assert_eq!(made.get(), 5, "a was copied, b and d made");
+        let got: serde_json::Value = serde_json::from_slice(&second.body()).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!([{ "n": 1 }, { "n": 20 }, { "n": 4 }])
+        );
+        // What else the view reads changed (the second stamp): all made again.
+        let third = Rendered::reusing(
+            Some(&second),
+            [("a", (1, 1), 7), ("b", (2, 1), 8), ("d", (1, 1), 9)].into_iter(),
+            view,
+        );
+        assert_eq!(made.get(), 8);
+        let got: serde_json::Value = serde_json::from_slice(&third.body()).unwrap();
+        assert_eq!(got, serde_json::json!([{ "n": 7 }, { "n": 8 }, { "n": 9 }]));
+        assert_eq!(
+            &third.page(Page {
+                number: 2,
+                per_page: 2
+            })[..],
+            br#"[{"n":9}]"#
+        );
+    }
+
     #[tokio::test]
     async fn readers_share_one_build_per_version() {
         let cache = ListCache::default();
         let builds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let build = |n: usize| {
             let builds = builds.clone();
-            move || {
+            move |_| {
                 builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                vec![n]
+                Rendered::new([n].into_iter())
             }
         };
         let a = cache.get("l", vec![1], build(1)).await;

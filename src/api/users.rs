@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use super::AppState;
 use super::body::Fields;
 use super::error::{ApiError, ApiResult};
-use super::lists::{ListRequest, PageQuery};
+use super::lists::{ListRequest, PageQuery, Rendered};
 use crate::store::users::{NewUser, User};
 
 /// Longest username.
@@ -48,7 +48,9 @@ pub async fn list(
     let users = state.store.users.clone();
     let list = state
         .lists()
-        .get("users", users.versions(), move || users.list())
+        .get("users", users.versions(), move |_| {
+            Rendered::new(users.list().into_iter())
+        })
         .await;
     Ok(request.respond(&list).await)
 }

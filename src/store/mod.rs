@@ -35,7 +35,7 @@ use crate::names::{
 use catalog::Catalog;
 use claims::{ClaimKind, Claims};
 pub use informer::Informer;
-use informer::{Watched, drop_managed_fields};
+use informer::Watched;
 use placement::Placement;
 use users::Users;
 
@@ -49,6 +49,16 @@ fn instance_index(i: &Instance) -> Vec<(&'static str, String)> {
         (INDEX_USER, i.spec.user_id.clone()),
         (INDEX_NODE, i.spec.node.clone()),
     ]
+}
+
+/// Instances keep what the REST API and the controllers read: the spec, the status
+/// and the metadata that names and versions them. Labels (for the API server's
+/// selectors) and annotations (the idempotency key, read from the API server
+/// itself after a crash) are never read from the cache.
+fn slim_instance(i: &mut Instance) {
+    i.metadata.managed_fields = None;
+    i.metadata.labels = None;
+    i.metadata.annotations = None;
 }
 
 /// Kubernetes nodes keep little of what they carry: a real node lists every image
@@ -129,7 +139,7 @@ impl Store {
         Self {
             namespace: namespace.to_owned(),
             roles,
-            instances: Informer::with(ns, instance_index, drop_managed_fields),
+            instances: Informer::with(ns, instance_index, slim_instance),
             nodes: Informer::new(ns),
             kube_nodes: Informer::with(None, |_| Vec::new(), slim_kube_node),
             pods: Informer::with(ns, |_| Vec::new(), ObservedPod::slim),

@@ -154,6 +154,19 @@ async fn lists_are_paged_and_gzipped_and_never_stale() {
     let users: Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
 
+    // A changed instance is made again, not copied from the last list.
+    let first = &all[0];
+    let a = srv
+        .call("POST", &format!("/api/instances/suspend/{first}"), None)
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let (_, _, gz) = get(&srv, "/api/instances", Some("gzip")).await;
+    let list: Value = serde_json::from_slice(&gunzip(&gz)).expect("JSON");
+    assert_eq!(list[0]["suspended"], json!(true), "a stale copy of {first}");
+    let (_, _, body) = get(&srv, "/api/instances?perPage=1", None).await;
+    let page: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(page[0]["suspended"], json!(true), "a stale page");
+
     // A write answered is in the next list, gzip or not, whole or paged.
     let sixth = deploy(&srv, &node, 26005).await;
     let (_, _, gz) = get(&srv, "/api/instances", Some("gzip")).await;

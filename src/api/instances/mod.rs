@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::body::{Fields, has_control};
 use super::error::{ApiError, ApiResult};
 use super::idempotency::{self, IdempotencyKey};
-use super::lists::{ListRequest, PageQuery};
+use super::lists::{ListRequest, PageQuery, Rendered};
 use super::{AppState, Caller};
 use crate::store::deploy::{self, Keyed};
 use crate::store::{INDEX_USER, instances};
@@ -61,10 +61,23 @@ pub async fn list(
     let build_state = state.clone();
     let list = state
         .lists()
-        .get("instances", versions, move || {
+        .get("instances", versions, move |previous| {
             let state = build_state;
+            // A view reads its Instance and its Berth Node.
+            let nodes = state.store.nodes.version();
             let instances = state.store.instances.list();
-            instances.iter().map(|i| view(&state, i)).collect()
+            let items = instances.iter().map(|i| {
+                let rv = i
+                    .resource_version()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (
+                    i.metadata.name.as_deref().unwrap_or_default(),
+                    (rv, nodes),
+                    i,
+                )
+            });
+            Rendered::reusing(previous.as_deref(), items, |i| view(&state, i))
         })
         .await;
     Ok(request.respond(&list).await)
