@@ -7,10 +7,14 @@
 //! a plain delete), consoles (1,000 sockets on 100 instances: RSS per socket, line
 //! to socket), memory and idle writes at 1,000 instances, throughput (deploys
 //! at concurrency 32 vs direct Pods, several runs), then 10,000 instances across
-//! 1,000 users for reads (wrk, another process), memory, and the restart time.
+//! 1,000 users for reads (wrk, another process; whole, gzip and paged lists),
+//! memory and the restart time; then reads during a 2,000-deploy wave, and 100
+//! nodes (throughput against 10, the node controller's writes at steady state).
 
 mod console;
 mod power;
+mod scale;
+mod wrk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use wrk::{Load, Wrk};
 
 const FAKE_NODES: usize = 10;
 const LATENCY_DEPLOYS: usize = 200;
@@ -198,19 +203,22 @@ fn rss(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-async fn kube_writes(base: &str) -> u64 {
+/// Writes Berth made to the API server so far, of `resource` only when given.
+async fn kube_writes(base: &str, resource: Option<&str>) -> u64 {
     let text = reqwest::get(format!("{base}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
         .expect("text");
+    let of = resource.map(|r| format!("resource=\"{r}\""));
     text.lines()
         .filter(|l| {
             ["create", "update", "patch", "delete"]
                 .iter()
                 .any(|v| l.starts_with(&format!("berth_kube_requests_total{{verb=\"{v}\",")))
         })
+        .filter(|l| of.as_ref().is_none_or(|r| l.contains(r.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -221,7 +229,16 @@ struct Deployer {
     base: String,
     key: String,
     nodes: Vec<String>,
+    /// The first host port handed out on each node.
+    port_base: i32,
     next: Mutex<usize>,
+}
+
+/// One deploy: the instance, when it was sent and when its 201 came.
+struct Deployed {
+    id: String,
+    sent: Instant,
+    answered: Instant,
 }
 
 impl Deployer {
@@ -231,15 +248,15 @@ impl Deployer {
         *n += 1;
         (
             self.nodes[i % self.nodes.len()].clone(),
-            10_000 + (i / self.nodes.len()) as i32,
+            self.port_base + (i / self.nodes.len()) as i32,
         )
     }
 
-    async fn deploy(&self, user: &str) -> (String, Instant) {
+    async fn deploy(&self, user: &str) -> Deployed {
         self.deploy_as(user, "Python").await
     }
 
-    async fn deploy_as(&self, user: &str, image: &str) -> (String, Instant) {
+    async fn deploy_as(&self, user: &str, image: &str) -> Deployed {
         let (node, port) = self.slot();
         let body = json!({ "image": image, "memory": 16, "cpu": 0.01, "ports": port.to_string(), "nodeId": node,
                            "name": "bench", "user": user, "primary": port });
@@ -254,8 +271,13 @@ impl Deployer {
             .expect("deploy request");
         let status = resp.status();
         let v: Value = resp.json().await.expect("json");
+        let answered = Instant::now();
         assert_eq!(status, 201, "deploy failed: {v}");
-        (v["Id"].as_str().expect("Id").to_owned(), start)
+        Deployed {
+            id: v["Id"].as_str().expect("Id").to_owned(),
+            sent: start,
+            answered,
+        }
     }
 
     async fn deploy_many(self: &Arc<Self>, n: usize, users: &[String]) -> Vec<String> {
@@ -264,7 +286,7 @@ impl Deployer {
             .map(|i| {
                 let me = self.clone();
                 let users = users.clone();
-                async move { me.deploy(&users[i % users.len()]).await.0 }
+                async move { me.deploy(&users[i % users.len()]).await.id }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -322,78 +344,6 @@ async fn create_floor(
         .await
 }
 
-struct Wrk {
-    p50_ms: f64,
-    p99_ms: f64,
-    rps: f64,
-}
-
-fn parse_duration_ms(s: &str) -> f64 {
-    let s = s.trim();
-    for (unit, f) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] {
-        if let Some(n) = s.strip_suffix(unit) {
-            return n.parse::<f64>().map_or(f64::NAN, |n| n * f);
-        }
-    }
-    f64::NAN
-}
-
-async fn wrk(
-    base: &str,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    dir: &Path,
-) -> Wrk {
-    let script = dir.join(format!(
-        "{}.lua",
-        path.trim_start_matches('/').replace('/', "_")
-    ));
-    let body_line = body
-        .map(|b| {
-            format!("wrk.body = [[{b}]]\nwrk.headers[\"content-type\"] = \"application/json\"\n")
-        })
-        .unwrap_or_default();
-    std::fs::write(
-        &script,
-        format!("wrk.method = \"{method}\"\nwrk.headers[\"x-api-key\"] = \"{key}\"\n{body_line}"),
-    )
-    .expect("lua");
-    let out = tokio::process::Command::new("wrk")
-        .args([
-            "-t1",
-            "-c8",
-            "-d10s",
-            "--latency",
-            "-s",
-            script.to_str().expect("path"),
-            &format!("{base}{path}"),
-        ])
-        .output()
-        .await
-        .expect("run wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .map(str::to_owned)
-            .unwrap_or_default()
-    };
-    let non2xx = line("Non-2xx");
-    assert!(non2xx.is_empty(), "{path}: {non2xx}\n{text}");
-    Wrk {
-        p50_ms: parse_duration_ms(line("50%").trim_start_matches("50%")),
-        p99_ms: parse_duration_ms(line("99%").trim_start_matches("99%")),
-        rps: line("Requests/sec:")
-            .trim_start_matches("Requests/sec:")
-            .trim()
-            .parse()
-            .unwrap_or(f64::NAN),
-    }
-}
-
 /// Removes what an interrupted earlier run left: its namespaces and fake nodes.
 /// A leftover node with this run's addresses would make them ambiguous, and
 /// Berth refuses to place instances on an ambiguous address.
@@ -421,15 +371,20 @@ async fn remove_leftovers(client: &Client) {
     }
 }
 
-async fn fake_nodes(client: &Client, run: &str) -> Vec<(String, String)> {
+/// Fake nodes `from..to` of this run (name, address), Ready.
+async fn fake_nodes(
+    client: &Client,
+    run: &str,
+    nodes: std::ops::Range<usize>,
+) -> Vec<(String, String)> {
     let api: Api<KubeNode> = Api::all(client.clone());
     let mut out = Vec::new();
-    // Addresses of this run's own (the third octet from the run id), so that two
+    // Addresses of this run's own (the second octet from the run id), so that two
     // runs never share one even if a cleanup failed.
     let octet = 30 + u8::from_str_radix(&run[..2], 16).unwrap_or(0) % 200;
-    for i in 0..FAKE_NODES {
+    for i in nodes {
         let name = format!("kwok-bench-{run}-{i}");
-        let ip = format!("127.{octet}.30.{}", i + 1);
+        let ip = format!("127.{octet}.{}.{}", 30 + i / 200, i % 200 + 1);
         let node: KubeNode = serde_json::from_value(json!({
             "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name, "type": "kwok-bench" },
                           "annotations": { "kwok.x-k8s.io/node": "fake", "berth.dev/test-node-ip": ip } }
@@ -525,7 +480,7 @@ async fn main() {
         berth::store::apikeys::create(&Api::namespaced(client.clone(), &ns), Some("bench".into()))
             .await
             .expect("key");
-    let nodes = fake_nodes(&client, &run).await;
+    let nodes = fake_nodes(&client, &run, 0..FAKE_NODES).await;
     let machine = format!(
         "{} cores, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -609,6 +564,7 @@ async fn main() {
         base: server.base.clone(),
         key: key.clone(),
         nodes: berth_nodes,
+        port_base: 10_000,
         next: Mutex::new(0),
     });
     eprintln!("bench: {USERS} users, {} nodes ready", nodes.len());
@@ -616,8 +572,14 @@ async fn main() {
     // 1. Latency: sequential deploys vs direct Pods.
     let mut to_pod = Vec::new();
     let mut to_running = Vec::new();
+    let mut to_created = Vec::new();
     for _ in 0..LATENCY_DEPLOYS {
-        let (id, start) = deployer.deploy(&users[0]).await;
+        let Deployed {
+            id,
+            sent: start,
+            answered,
+        } = deployer.deploy(&users[0]).await;
+        to_created.push(ms(answered - start));
         wait_until("instance Running", Duration::from_secs(30), || {
             at(&clock.instance_running, &id).is_some()
         })
@@ -654,6 +616,7 @@ async fn main() {
         ));
     }
     for v in [
+        &mut to_created,
         &mut to_pod,
         &mut to_running,
         &mut floor_to_pod,
@@ -668,7 +631,7 @@ async fn main() {
     let cycled: Vec<String> = futures::stream::iter(0..power_instances)
         .map(|i| {
             let (deployer, user) = (deployer.clone(), users[i % users.len()].clone());
-            async move { deployer.deploy_as(&user, power::KWOK_IMAGE).await.0 }
+            async move { deployer.deploy_as(&user, power::KWOK_IMAGE).await.id }
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
@@ -705,9 +668,9 @@ async fn main() {
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await; // events and node status settle
     let (rss_peak_1k, _) = rss(server.pid);
-    let writes_before = kube_writes(&server.base).await;
+    let writes_before = kube_writes(&server.base, None).await;
     tokio::time::sleep(IDLE_WINDOW).await;
-    let idle_writes = kube_writes(&server.base).await - writes_before;
+    let idle_writes = kube_writes(&server.base, None).await - writes_before;
     eprintln!("bench: idle window done ({idle_writes} writes)");
 
     // 2. Throughput: deploys at concurrency 32 vs direct Pods, several runs.
@@ -773,39 +736,39 @@ async fn main() {
         r[0]["Id"].as_str().expect("an instance").to_owned()
     };
     let reads = [
+        ("GET /api/instances", Load::new("GET", "/api/instances")),
         (
-            "GET /api/instances",
-            wrk(&server.base, &key, "GET", "/api/instances", None, &out_dir).await,
+            "GET /api/instances, gzip",
+            Load {
+                headers: &[("accept-encoding", "gzip")],
+                ..Load::new("GET", "/api/instances")
+            },
+        ),
+        (
+            "GET /api/instances?page=1&perPage=100",
+            Load::new("GET", "/api/instances?page=1&perPage=100"),
         ),
         (
             "POST /api/getUserInstance",
-            wrk(
-                &server.base,
-                &key,
-                "POST",
-                "/api/getUserInstance",
-                Some(json!({ "userId": sample_user })),
-                &out_dir,
-            )
-            .await,
+            Load {
+                body: Some(json!({ "userId": sample_user })),
+                ..Load::new("POST", "/api/getUserInstance")
+            },
         ),
         (
             "POST /api/getInstance",
-            wrk(
-                &server.base,
-                &key,
-                "POST",
-                "/api/getInstance",
-                Some(json!({ "id": sample_instance })),
-                &out_dir,
-            )
-            .await,
+            Load {
+                body: Some(json!({ "id": sample_instance })),
+                ..Load::new("POST", "/api/getInstance")
+            },
         ),
-        (
-            "GET /api/users",
-            wrk(&server.base, &key, "GET", "/api/users", None, &out_dir).await,
-        ),
+        ("GET /api/users", Load::new("GET", "/api/users")),
     ];
+    let mut read_figures = Vec::new();
+    for (name, load) in reads {
+        read_figures.push((name, wrk::run(&server.base, &key, load, &out_dir).await));
+    }
+    let reads = read_figures;
 
     // 6. Restart to /readyz with 10,000 instances.
     let mut restarts = Vec::new();
@@ -816,6 +779,28 @@ async fn main() {
         server = s;
         restarts.push(ms(took));
     }
+    eprintln!("bench: restarts done");
+
+    // 7. Reads during a deploy wave, then 100 nodes.
+    let during_wave = scale::reads_during_wave(
+        &deployer,
+        &users,
+        &clock,
+        (&server.base, &key),
+        &sample_instance,
+        &out_dir,
+    )
+    .await;
+    eprintln!("bench: reads during a wave done");
+    let (hundred, more_nodes) = scale::hundred_nodes(
+        &deployer,
+        &users,
+        &clock,
+        (&client, &http, &run),
+        (&server.base, &key),
+    )
+    .await;
+    eprintln!("bench: 100 nodes done");
 
     let latency = json!({
         "deploys": LATENCY_DEPLOYS,
@@ -824,6 +809,7 @@ async fn main() {
         "floor_to_pod_ms": { "p50": percentile(&floor_to_pod, 0.5), "p99": percentile(&floor_to_pod, 0.99) },
         "floor_to_running_ms": { "p50": percentile(&floor_to_running, 0.5), "p99": percentile(&floor_to_running, 0.99) },
         "ratio_to_running_p50": percentile(&to_running, 0.5) / percentile(&floor_to_running, 0.5),
+        "to_created_ms": { "p50": percentile(&to_created, 0.5), "p99": percentile(&to_created, 0.99) },
     });
     let throughput = json!({
         "deploys": THROUGHPUT_DEPLOYS, "concurrency": CONCURRENCY, "runs": throughput_runs,
@@ -846,6 +832,15 @@ async fn main() {
         "memory_mib": { "peak_at_0": rss_peak_0, "peak_at_1000": rss_peak_1k, "peak_at_10000": rss_peak_10k, "rss_at_10000": rss_now_10k },
         "idle_writes_60s_at_1000": idle_writes,
         "restart_to_ready_ms": { "runs": restarts, "median": median(restarts.clone()) },
+        "reads_during_wave": {
+            "deploys": THROUGHPUT_DEPLOYS, "concurrency": CONCURRENCY, "deploys_per_s": during_wave.deploys_per_s,
+            "list": { "p50_ms": during_wave.list.p50_ms, "p99_ms": during_wave.list.p99_ms, "rps": during_wave.list.rps },
+            "get_instance": { "p50_ms": during_wave.get.p50_ms, "p99_ms": during_wave.get.p99_ms, "rps": during_wave.get.rps },
+        },
+        "hundred_nodes": {
+            "deploys_per_s_10_nodes": hundred.per_s_10, "deploys_per_s_100_nodes": hundred.per_s_100,
+            "node_writes_per_min": hundred.node_writes_per_min, "writes_per_min": hundred.writes_per_min,
+        },
         "power_kwok": { "stop": cycles.stop.json(), "start": cycles.start.json(), "restart": cycles.restart.json() },
         "consoles": consoles.json(),
         "power_real_node_stop": match &real_stops {
@@ -960,6 +955,30 @@ async fn main() {
         format!("restart to /readyz at {total_instances} (ms)"),
         median(restarts)
     );
+    println!(
+        "{:<44} {:>10.1} {:>10.1}",
+        "deploy → 201 p50 / p99, idle (ms)",
+        percentile(&to_created, 0.5),
+        percentile(&to_created, 0.99)
+    );
+    println!(
+        "during 2,000 deploys at c=32 ({:.0}/s): GET /api/instances p50 / p99 {:.1} / {:.1} ms ({:.0}/s), getInstance {:.1} / {:.1} ms ({:.0}/s)",
+        during_wave.deploys_per_s,
+        during_wave.list.p50_ms,
+        during_wave.list.p99_ms,
+        during_wave.list.rps,
+        during_wave.get.p50_ms,
+        during_wave.get.p99_ms,
+        during_wave.get.rps
+    );
+    println!(
+        "100 nodes: deploys {:.1}/s vs {:.1}/s on 10 ({:.2}); writes in a steady minute: {} to Berth Nodes, {} in all",
+        hundred.per_s_100,
+        hundred.per_s_10,
+        hundred.per_s_100 / hundred.per_s_10,
+        hundred.node_writes_per_min,
+        hundred.writes_per_min
+    );
     println!("\nwritten to target/bench/results.json");
 
     let _ = server.child.start_kill();
@@ -967,7 +986,7 @@ async fn main() {
         let _ = namespaces.delete(n, &DeleteParams::background()).await;
     }
     let kube_nodes: Api<KubeNode> = Api::all(client.clone());
-    for (name, _) in &nodes {
+    for (name, _) in nodes.iter().chain(&more_nodes) {
         let _ = kube_nodes.delete(name, &DeleteParams::default()).await;
     }
 }
