@@ -12,6 +12,7 @@
 //! nodes (throughput against 10, the node controller's writes at steady state).
 
 mod console;
+mod cpu;
 mod power;
 mod scale;
 mod wrk;
@@ -676,8 +677,11 @@ async fn main() {
     // 2. Throughput: deploys at concurrency 32 vs direct Pods, several runs.
     let mut berth_rates = Vec::new();
     let mut floor_rates = Vec::new();
+    let mut berth_cpu = Vec::new();
+    let mut floor_cpu = Vec::new();
     for r in 0..throughput_runs {
         let before = count(&clock.instance_running);
+        let cpu_before = cpu::snapshot();
         let start = Instant::now();
         deployer.deploy_many(THROUGHPUT_DEPLOYS, &users).await;
         wait_until("throughput run Running", Duration::from_secs(600), || {
@@ -685,6 +689,11 @@ async fn main() {
         })
         .await;
         berth_rates.push(THROUGHPUT_DEPLOYS as f64 / start.elapsed().as_secs_f64());
+        berth_cpu.push(cpu::per_item(
+            &cpu_before,
+            &cpu::snapshot(),
+            THROUGHPUT_DEPLOYS,
+        ));
 
         let names: Vec<(String, String, i32)> = (0..THROUGHPUT_DEPLOYS)
             .map(|i| {
@@ -696,6 +705,7 @@ async fn main() {
             })
             .collect();
         let before = count(&floor_clock.pod_running);
+        let cpu_before = cpu::snapshot();
         let start = Instant::now();
         create_floor(&client, &floor_ns, &names, CONCURRENCY).await;
         wait_until("floor run Running", Duration::from_secs(600), || {
@@ -703,6 +713,11 @@ async fn main() {
         })
         .await;
         floor_rates.push(THROUGHPUT_DEPLOYS as f64 / start.elapsed().as_secs_f64());
+        floor_cpu.push(cpu::per_item(
+            &cpu_before,
+            &cpu::snapshot(),
+            THROUGHPUT_DEPLOYS,
+        ));
         eprintln!(
             "bench: throughput run {r}: berth {:.0}/s, floor {:.0}/s",
             berth_rates[r], floor_rates[r]
@@ -816,6 +831,7 @@ async fn main() {
         "berth_per_s": berth_rates, "floor_per_s": floor_rates,
         "median_berth_per_s": median(berth_rates.clone()), "median_floor_per_s": median(floor_rates.clone()),
         "ratio": median(berth_rates.clone()) / median(floor_rates.clone()),
+        "cpu_ms_per_deploy": berth_cpu, "floor_cpu_ms_per_pod": floor_cpu,
     });
     let reads_json: Vec<Value> = reads
         .iter()
@@ -979,6 +995,15 @@ async fn main() {
         hundred.node_writes_per_min,
         hundred.writes_per_min
     );
+    if let (Some(b), Some(f)) = (berth_cpu.last(), floor_cpu.last()) {
+        println!("\nCPU ms per deploy (Berth) / per Pod (floor), last throughput run:");
+        for (name, ms) in b {
+            println!(
+                "{name:<44} {ms:>10.2} {:>10.2}",
+                f.get(name).copied().unwrap_or(0.0)
+            );
+        }
+    }
     println!("\nwritten to target/bench/results.json");
 
     let _ = server.child.start_kill();
