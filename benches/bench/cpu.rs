@@ -65,3 +65,30 @@ pub fn per_item(
         })
         .collect()
 }
+
+/// Records the API server's own CPU profile (Go pprof) for `seconds` into `out`,
+/// in the background; `go tool pprof -top <kube-apiserver> <out>` reads it.
+pub fn apiserver_profile(seconds: u32, out: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
+    let kubectl =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cluster/bin/kubectl");
+    tokio::spawn(async move {
+        let got = tokio::process::Command::new(kubectl)
+            .args([
+                "get",
+                "--raw",
+                &format!("/debug/pprof/profile?seconds={seconds}"),
+            ])
+            .output()
+            .await;
+        match got {
+            Ok(o) if o.status.success() => {
+                let _ = std::fs::write(&out, o.stdout);
+            }
+            Ok(o) => eprintln!(
+                "bench: no API server profile: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("bench: no API server profile: {e}"),
+        }
+    })
+}

@@ -7,14 +7,50 @@ use super::*;
 pub struct WaveReads {
     /// The wave's deploys per second.
     pub deploys_per_s: f64,
-    /// `GET /api/instances` (whole, as Skyport asks) during the wave.
-    pub list: Wrk,
-    /// `POST /api/getInstance` during the wave.
-    pub get: Wrk,
+    /// `GET /api/instances` (whole, as Skyport asks) during the wave: latencies, sorted.
+    pub list: Vec<f64>,
+    /// `POST /api/getInstance` during the wave: latencies, sorted.
+    pub get: Vec<f64>,
 }
 
-/// Connections of each read load during a wave: a few panels polling.
-const WAVE_READERS: usize = 4;
+/// Reads per second during a wave: panels polling, not a flood. The reads are
+/// sent on a fixed schedule whatever the answers' pace (open loop): a closed loop
+/// (wrk) would measure how long a saturated machine queues its own flood, and
+/// slow the wave it reads under.
+const LIST_PER_S: u64 = 20;
+const GET_PER_S: u64 = 200;
+/// How long the reads go on, from 2 s into the wave.
+const READ_FOR: Duration = Duration::from_secs(15);
+
+/// Sends `request` `per_s` times a second for `for_`, each in its own task; the
+/// latencies in ms, sorted.
+async fn paced(
+    per_s: u64,
+    for_: Duration,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Vec<f64> {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + for_;
+    let mut sent = Vec::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        let req = request();
+        sent.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let resp = req.send().await.expect("read sent");
+            assert!(resp.status().is_success(), "read: {}", resp.status());
+            let _ = resp.bytes().await.expect("read body");
+            ms(start.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in sent {
+        out.push(t.await.expect("read task"));
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
 
 /// Deploys `n` instances at concurrency 32 and waits for all to be Running;
 /// deploys per second from the first request to the last Running.
@@ -29,30 +65,29 @@ pub async fn wave(deployer: &Arc<Deployer>, users: &[String], clock: &Clock, n: 
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// `GET /api/instances` and `getInstance` (wrk, 4 connections each, 10 s) while
-/// 2,000 deploys run; the reads start once the wave has.
+/// `GET /api/instances` (20/s) and `getInstance` (200/s) while 2,000 deploys run
+/// at concurrency 32; the reads start once the wave has.
 pub async fn reads_during_wave(
     deployer: &Arc<Deployer>,
     users: &[String],
     clock: &Clock,
-    (base, key): (&str, &str),
+    (http, base, key): (&reqwest::Client, &str, &str),
     sample_instance: &str,
-    dir: &Path,
 ) -> WaveReads {
     let reads = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let list = Load {
-            connections: WAVE_READERS,
-            ..Load::new("GET", "/api/instances")
+        let list = || {
+            http.get(format!("{base}/api/instances"))
+                .header("x-api-key", key)
         };
-        let get = Load {
-            connections: WAVE_READERS,
-            body: Some(json!({ "id": sample_instance })),
-            ..Load::new("POST", "/api/getInstance")
+        let get = || {
+            http.post(format!("{base}/api/getInstance"))
+                .header("x-api-key", key)
+                .json(&json!({ "id": sample_instance }))
         };
         tokio::join!(
-            wrk::run(base, key, list, dir),
-            wrk::run(base, key, get, dir)
+            paced(LIST_PER_S, READ_FOR, list),
+            paced(GET_PER_S, READ_FOR, get)
         )
     };
     let (deploys_per_s, (list, get)) =
