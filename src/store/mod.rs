@@ -108,8 +108,6 @@ pub struct Store {
     pub catalog: Catalog,
     /// The storage class of instances' volume claims (`None`: emptyDir volumes).
     pub storage_class: Option<String>,
-    /// Whether watches start with a streaming list (see [`watch::streams_lists`]).
-    pub streaming_lists: bool,
     user_secrets: Informer<Secret>,
     key_secrets: Informer<Secret>,
     signing_secrets: Informer<Secret>,
@@ -155,7 +153,6 @@ impl Store {
             claims,
             catalog: Catalog::default(),
             storage_class: None,
-            streaming_lists: false,
             user_secrets,
             key_secrets,
             signing_secrets,
@@ -190,15 +187,7 @@ impl Store {
 
     /// Runs every watch this process needs until it ends; none ends on errors.
     pub async fn run(self) {
-        let streaming = self.streaming_lists;
-        let all = move || {
-            let config = watcher::Config::default();
-            if streaming {
-                config.streaming_lists()
-            } else {
-                config
-            }
-        };
+        let all = watcher::Config::default;
         // By type alone: API key Secrets may be made by Helm, which labels what it makes.
         let secrets = |kind: &str| all().fields(&format!("type={kind}"));
         let shared = async {
