@@ -15,6 +15,25 @@ use berth::telemetry::{self, LogFormat};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_arena_eager_commit` (mimalloc.h, `mi_option_e`, v3).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, `mi_option_e`, v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Makes mimalloc give freed memory back at once and commit arena memory as it
+/// is used. By default a purge waits 10 ms, and only a later allocation by the
+/// same thread performs it: a password hash's 19 MiB, freed by a blocking thread
+/// that then idles, stayed resident for good (an idle `berth serve`: 51 MiB
+/// resident, 18 MiB with these options; measured with `MIMALLOC_*` variables).
+fn tune_allocator() {
+    // SAFETY: plain setters of mimalloc's global options, called first thing in
+    // `main`, before the runtime starts any other thread.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "berth",
@@ -211,8 +230,13 @@ enum ApikeyAction {
     },
 }
 
+fn main() -> ExitCode {
+    tune_allocator();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
