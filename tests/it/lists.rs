@@ -4,6 +4,7 @@
 //! list older than a write the caller saw answered.
 
 use std::io::Read as _;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -69,6 +70,16 @@ async fn lists_are_paged_and_gzipped_and_never_stale() {
     for port in 26000..26005 {
         deploy(&srv, &node, port).await;
     }
+
+    // Two reads are compared byte for byte below: first let the controller bring
+    // every instance to Running, after which nothing changes them.
+    crate::common::eventually(Duration::from_secs(60), "5 instances Running", || async {
+        let (_, _, body) = get(&srv, "/api/instances", None).await;
+        let list: Value = serde_json::from_slice(&body).expect("JSON");
+        list.as_array()
+            .is_some_and(|l| l.len() == 5 && l.iter().all(|i| i["State"] == "Running"))
+    })
+    .await;
 
     // The whole list, as Skyport answers it: an array of every instance, by id.
     let (status, h, plain) = get(&srv, "/api/instances", None).await;
