@@ -415,6 +415,22 @@ async fn fake_nodes(
     out
 }
 
+/// Registers a Berth Node for each fake node (name, address) through the API; their ids.
+async fn register_nodes(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    nodes: &[(String, String)],
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (_, ip) in nodes {
+        let body = json!({ "name": ip, "address": ip });
+        let r = api_post(http, base, key, "/api/nodes/create", body).await;
+        ids.push(r["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
 /// A constant, unless the environment variable `name` says otherwise.
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -548,18 +564,7 @@ async fn main() {
         .buffer_unordered(8)
         .collect()
         .await;
-    let mut berth_nodes = Vec::new();
-    for (_, ip) in &nodes {
-        let r = api_post(
-            &http,
-            &server.base,
-            &key,
-            "/api/nodes/create",
-            json!({ "name": ip, "address": ip }),
-        )
-        .await;
-        berth_nodes.push(r["id"].as_str().expect("id").to_owned());
-    }
+    let berth_nodes = register_nodes(&http, &server.base, &key, &nodes).await;
     let deployer = Arc::new(Deployer {
         http: http.clone(),
         base: server.base.clone(),

@@ -122,17 +122,7 @@ pub async fn hundred_nodes(
     let per_s_10 = wave(deployer, users, clock, THROUGHPUT_DEPLOYS).await;
     let more = fake_nodes(client, run, FAKE_NODES..100).await;
     let mut ids = deployer.nodes.clone();
-    for (_, ip) in &more {
-        let r = api_post(
-            http,
-            base,
-            key,
-            "/api/nodes/create",
-            json!({ "name": ip, "address": ip }),
-        )
-        .await;
-        ids.push(r["id"].as_str().expect("id").to_owned());
-    }
+    ids.extend(register_nodes(http, base, key, &more).await);
     let wide = Arc::new(Deployer {
         http: http.clone(),
         base: base.to_owned(),

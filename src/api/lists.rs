@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -257,6 +257,19 @@ pub struct ListRequest {
     page: Option<Page>,
     gzip: bool,
     path: String,
+}
+
+/// Read from the request itself: a handler takes a `ListRequest` argument.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ListRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let query = Query::<PageQuery>::from_request_parts(parts, state).await;
+        Self::new(&parts.uri, &parts.headers, query)
+    }
 }
 
 impl ListRequest {

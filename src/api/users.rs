@@ -1,15 +1,14 @@
 //! `/api/users`, `/api/getUser`, `/api/users/create` (and `/api/auth/create-user`).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::AppState;
 use super::body::Fields;
 use super::error::{ApiError, ApiResult};
-use super::lists::{ListRequest, PageQuery, Rendered};
+use super::lists::{ListRequest, Rendered};
 use crate::store::users::{NewUser, User};
 
 /// Longest username.
@@ -38,13 +37,7 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "List of users (a page: `X-Total-Count` and `Link` headers)", body = [User]),
               (status = 400, description = "A bad page or perPage", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
-pub async fn list(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    query: Result<Query<PageQuery>, QueryRejection>,
-) -> ApiResult<axum::response::Response> {
-    let request = ListRequest::new(&uri, &headers, query)?;
+pub async fn list(State(state): State<AppState>, request: ListRequest) -> axum::response::Response {
     let users = state.store.users.clone();
     let list = state
         .lists()
@@ -52,7 +45,7 @@ pub async fn list(
             Rendered::new(users.list().into_iter())
         })
         .await;
-    Ok(request.respond(&list).await)
+    request.respond(&list).await
 }
 
 /// A user by email or username.

@@ -6,10 +6,8 @@ pub mod lifecycle;
 pub mod parse;
 pub mod view;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use axum::http::{HeaderMap, Uri};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
@@ -18,7 +16,7 @@ use serde_json::{Value, json};
 use super::body::{Fields, has_control};
 use super::error::{ApiError, ApiResult};
 use super::idempotency::{self, IdempotencyKey};
-use super::lists::{ListRequest, PageQuery, Rendered};
+use super::lists::{ListRequest, Rendered};
 use super::{AppState, Caller};
 use crate::store::deploy::{self, Keyed};
 use crate::store::{INDEX_USER, instances};
@@ -50,13 +48,7 @@ pub fn shared_router() -> Router<AppState> {
     responses((status = 200, description = "List of instances, by id (a page: `X-Total-Count` and `Link` headers)", body = [InstanceView]),
               (status = 400, description = "A bad page or perPage", body = super::openapi::ErrorDoc),
               (status = 401, description = "API key missing or invalid", body = super::openapi::ErrorDoc)))]
-pub async fn list(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    query: Result<Query<PageQuery>, QueryRejection>,
-) -> ApiResult<axum::response::Response> {
-    let request = ListRequest::new(&uri, &headers, query)?;
+pub async fn list(State(state): State<AppState>, request: ListRequest) -> axum::response::Response {
     let versions = vec![state.store.instances.version(), state.store.nodes.version()];
     let build_state = state.clone();
     let list = state
@@ -80,7 +72,7 @@ pub async fn list(
             Rendered::reusing(previous.as_deref(), items, |i| view(&state, i))
         })
         .await;
-    Ok(request.respond(&list).await)
+    request.respond(&list).await
 }
 
 /// One instance.
