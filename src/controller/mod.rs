@@ -349,6 +349,13 @@ fn node_controller(
 /// `store` is the process's informers (the Instance, Node, Kubernetes node and
 /// Pod watches must run).
 pub async fn run(client: Client, store: Store, config: Config, shutdown: Shutdown) {
+    // No decision from a half-listed cache: a Pod not listed yet would look
+    // missing, and its Instance's status would say so. (`/readyz` does not wait
+    // for the Pod list where the API runs.)
+    tokio::select! {
+        () = store.controllers_synced() => {}
+        () = shutdown.clone().wait() => return,
+    }
     let namespace = store.namespace.clone();
     let events = events::Events::new(client.clone(), MANAGED_BY, &config.identity);
     let (stopped_tx, stopped) = tokio::sync::mpsc::unbounded_channel();

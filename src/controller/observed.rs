@@ -6,7 +6,7 @@
 //!
 //! [`pod_action`]: super::instance::pod_action
 
-use k8s_openapi::api::core::v1::{Affinity, ContainerStateWaiting, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use serde::Deserialize;
@@ -14,7 +14,6 @@ use serde::Deserialize;
 use super::pod::{
     ANNOTATION_POD_HASH, ANNOTATION_REINSTALL_OF, ANNOTATION_RESTART_OF, SERVER_CONTAINER,
 };
-use crate::names::FIELD_NODE_NAME;
 
 /// A Pod as the controller sees it (the same JSON, fewer fields).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -22,7 +21,7 @@ pub struct ObservedPod {
     /// The Pod's metadata (name, uid, owner, annotations, deletion).
     #[serde(default)]
     pub metadata: ObjectMeta,
-    /// Where the Pod is placed and pinned.
+    /// Where the Pod is placed.
     pub spec: Option<ObservedPodSpec>,
     /// How the Pod is doing.
     pub status: Option<ObservedPodStatus>,
@@ -32,10 +31,9 @@ pub struct ObservedPod {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedPodSpec {
-    /// The node the scheduler placed the Pod on.
+    /// The node the scheduler placed the Pod on. (Not the node affinity that pins
+    /// it: a Pod's placement never changes, and the name is all that is read.)
     pub node_name: Option<String>,
-    /// The node affinity pinning the Pod.
-    pub affinity: Option<Affinity>,
     /// The containers (only the game server's is kept, for its CPU).
     #[serde(default)]
     pub containers: Vec<ObservedContainerSpec>,
@@ -73,11 +71,26 @@ pub struct ObservedPodStatus {
     #[serde(rename = "hostIP")]
     pub host_ip: Option<String>,
     /// PodScheduled and Ready (others are dropped by [`ObservedPod::slim`]).
-    pub conditions: Option<Vec<PodCondition>>,
+    pub conditions: Option<Vec<ObservedCondition>>,
     /// The game server container.
     pub container_statuses: Option<Vec<ObservedContainer>>,
     /// The install step.
     pub init_container_statuses: Option<Vec<ObservedContainer>>,
+}
+
+/// A Pod condition without its timestamps (never read; `PodCondition` keeps
+/// two parsed times and a generation inline).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ObservedCondition {
+    /// PodScheduled, Ready, ...
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// Why, in one word (e.g. Unschedulable, ContainersNotReady).
+    pub reason: Option<String>,
+    /// Why, for people.
+    pub message: Option<String>,
 }
 
 /// A container's name, why it waits, if it does, and how it last ended.
@@ -185,11 +198,6 @@ impl ObservedPod {
         }
     }
 
-    /// The Kubernetes node the Pod is pinned to by its required node affinity.
-    pub fn pinned_node(&self) -> Option<&str> {
-        pinned_node(self.spec.as_ref()?.affinity.as_ref())
-    }
-
     /// One of the annotations Berth puts on its Pods.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata
@@ -234,25 +242,6 @@ impl ObservedPod {
     }
 }
 
-/// The node a required node affinity on the node's name pins to.
-pub fn pinned_node(affinity: Option<&Affinity>) -> Option<&str> {
-    affinity?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms
-        .first()?
-        .match_fields
-        .as_ref()?
-        .iter()
-        .find(|e| e.key == FIELD_NODE_NAME)?
-        .values
-        .as_ref()?
-        .first()
-        .map(String::as_str)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +256,7 @@ mod tests {
                           "managedFields": [{ "manager": "berth" }] },
             "spec": { "nodeName": "kwok-node-1", "containers": [{ "name": "server", "image": "i" }],
                       "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
-                          { "matchFields": [{ "key": FIELD_NODE_NAME, "operator": "In", "values": ["kwok-node-1"] }] }] } } } },
+                          { "matchFields": [{ "key": "metadata.name", "operator": "In", "values": ["kwok-node-1"] }] }] } } } },
             "status": { "phase": "Running", "hostIP": "127.0.10.1", "podIP": "10.0.0.1", "qosClass": "Guaranteed",
                         "conditions": [{ "type": "Initialized", "status": "True" }, { "type": "Ready", "status": "True" },
                                        { "type": "PodScheduled", "status": "True" }],
@@ -276,7 +265,8 @@ mod tests {
         }))
         .expect("pod");
         pod.slim();
-        assert_eq!(pod.pinned_node(), Some("kwok-node-1"));
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some("kwok-node-1"));
         let meta = &pod.metadata;
         assert!(meta.labels.is_none() && meta.managed_fields.is_none());
         assert_eq!(

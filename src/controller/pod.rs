@@ -620,12 +620,17 @@ mod tests {
             &Launch::default(),
         )
         .expect("pod");
-        assert_eq!(
-            crate::controller::observed::pinned_node(
-                pod.spec.as_ref().and_then(|s| s.affinity.as_ref())
-            ),
-            Some("kwok-node-2")
-        );
+        let pinned_to = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref()?.node_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .and_then(|r| r.node_selector_terms.first()?.match_fields.as_ref())
+            .and_then(|f| f.iter().find(|e| e.key == FIELD_NODE_NAME)?.values.clone());
+        assert_eq!(pinned_to, Some(vec!["kwok-node-2".to_owned()]));
         let spec = pod.spec.as_ref().expect("spec");
         let server = &spec.containers[0];
         let res = server.resources.as_ref().expect("resources");

@@ -3,7 +3,7 @@
 //! lastTransitionTime while their status holds, so an unchanged world yields an
 //! identical status and the controller writes nothing.
 
-use super::observed::ObservedPod;
+use super::observed::{ObservedCondition, ObservedPod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::pod::{ANNOTATION_REINSTALL_OF, ANNOTATION_RESTART_OF};
@@ -61,10 +61,7 @@ fn cond(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>)
     }
 }
 
-fn pod_condition<'a>(
-    pod: &'a ObservedPod,
-    type_: &str,
-) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+fn pod_condition<'a>(pod: &'a ObservedPod, type_: &str) -> Option<&'a ObservedCondition> {
     pod.status
         .as_ref()?
         .conditions

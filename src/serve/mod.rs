@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut store = Store::new(client.clone(), &namespace, roles);
     store.storage_class = config.pods.storage_class.clone();
+    store.streaming_lists = crate::store::watch::streams_lists(&version);
     tokio::spawn(store.clone().run());
     tokio::spawn({
         let store = store.clone();

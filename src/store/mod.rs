@@ -70,6 +70,27 @@ fn slim_kube_node(n: &mut KubeNode) {
     }
 }
 
+/// An informer as readiness sees it, whatever it holds.
+trait Followed: Sync {
+    fn health(&self) -> &watch::WatchHealth;
+    fn is_synced(&self) -> bool;
+    fn synced(&self) -> futures::future::BoxFuture<'_, ()>;
+}
+
+impl<K: informer::Watched> Followed for Informer<K> {
+    fn health(&self) -> &watch::WatchHealth {
+        Informer::health(self)
+    }
+
+    fn is_synced(&self) -> bool {
+        Informer::is_synced(self)
+    }
+
+    fn synced(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(Informer::synced(self))
+    }
+}
+
 /// What this process serves, which decides what it watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Roles {
@@ -108,6 +129,8 @@ pub struct Store {
     pub catalog: Catalog,
     /// The storage class of instances' volume claims (`None`: emptyDir volumes).
     pub storage_class: Option<String>,
+    /// Whether watches start with a streaming list (see [`watch::streams_lists`]).
+    pub streaming_lists: bool,
     user_secrets: Informer<Secret>,
     key_secrets: Informer<Secret>,
     signing_secrets: Informer<Secret>,
@@ -153,6 +176,7 @@ impl Store {
             claims,
             catalog: Catalog::default(),
             storage_class: None,
+            streaming_lists: false,
             user_secrets,
             key_secrets,
             signing_secrets,
@@ -187,7 +211,15 @@ impl Store {
 
     /// Runs every watch this process needs until it ends; none ends on errors.
     pub async fn run(self) {
-        let all = watcher::Config::default;
+        let streaming = self.streaming_lists;
+        let all = move || {
+            let config = watcher::Config::default();
+            if streaming {
+                config.streaming_lists()
+            } else {
+                config
+            }
+        };
         // By type alone: API key Secrets may be made by Helm, which labels what it makes.
         let secrets = |kind: &str| all().fields(&format!("type={kind}"));
         let shared = async {
@@ -242,73 +274,55 @@ impl Store {
         tokio::join!(shared, for_api, for_controllers);
     }
 
-    /// The health of every watch this process runs, and whether readiness counts it:
-    /// the API's watches where the API runs, else the controllers'.
-    fn watches(&self) -> Vec<(&watch::WatchHealth, bool)> {
+    /// Every informer this process runs, and whether readiness counts it: the
+    /// API's where the API runs, else the controllers'.
+    fn watches(&self) -> Vec<(&dyn Followed, bool)> {
         let counts_for_api = self.roles.api;
-        let mut all = vec![
-            (self.instances.health(), true),
-            (self.nodes.health(), true),
-            (self.kube_nodes.health(), true),
-            (self.catalog_maps.health(), true),
+        let mut all: Vec<(&dyn Followed, bool)> = vec![
+            (&self.instances, true),
+            (&self.nodes, true),
+            (&self.kube_nodes, true),
+            (&self.catalog_maps, true),
         ];
         if self.roles.api {
             all.extend([
-                (self.user_secrets.health(), true),
-                (self.key_secrets.health(), true),
-                (self.signing_secrets.health(), true),
-                (self.claim_maps.health(), true),
+                (&self.user_secrets as &dyn Followed, true),
+                (&self.key_secrets, true),
+                (&self.signing_secrets, true),
+                (&self.claim_maps, true),
             ]);
         }
         if self.roles.controllers {
-            all.push((self.pods.health(), !counts_for_api));
+            all.push((&self.pods, !counts_for_api));
         }
         all
     }
 
-    fn synced_all(&self) -> Vec<bool> {
-        let mut s = vec![
-            self.instances.is_synced(),
-            self.nodes.is_synced(),
-            self.kube_nodes.is_synced(),
-            self.catalog_maps.is_synced(),
-        ];
-        if self.roles.api {
-            s.extend([
-                self.user_secrets.is_synced(),
-                self.key_secrets.is_synced(),
-                self.signing_secrets.is_synced(),
-                self.claim_maps.is_synced(),
-            ]);
-        }
-        if self.roles.controllers {
-            s.push(self.pods.is_synced());
-        }
-        s
-    }
-
-    /// Whether every informer this process runs has its first full list.
+    /// Whether every informer this process runs for its readiness has its first
+    /// full list (the ones [`Store::stale`] counts). Where the API runs, the Pod
+    /// informer is not among them: the API's answers never read it, and the
+    /// controllers wait for their caches themselves ([`Store::controllers_synced`]);
+    /// at 10,000 instances its list is half the time to ready.
     pub fn is_synced(&self) -> bool {
-        self.synced_all().into_iter().all(|s| s)
+        self.watches()
+            .into_iter()
+            .filter(|(_, counts)| *counts)
+            .all(|(i, _)| i.is_synced())
     }
 
-    /// Resolves once every informer this process runs has its first full list.
+    /// Resolves once [`Store::is_synced`] holds.
     pub async fn synced(&self) {
-        let mut waits: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = vec![
-            Box::pin(self.instances.synced()),
-            Box::pin(self.nodes.synced()),
-            Box::pin(self.kube_nodes.synced()),
-            Box::pin(self.catalog_maps.synced()),
-        ];
-        if self.roles.api {
-            waits.push(Box::pin(self.user_secrets.synced()));
-            waits.push(Box::pin(self.key_secrets.synced()));
-            waits.push(Box::pin(self.signing_secrets.synced()));
-            waits.push(Box::pin(self.claim_maps.synced()));
-        }
-        if self.roles.controllers {
-            waits.push(Box::pin(self.pods.synced()));
-        }
+        let waits = self
+            .watches()
+            .into_iter()
+            .filter(|(_, counts)| *counts)
+            .map(|(i, _)| i.synced());
+        futures::future::join_all(waits).await;
+    }
+
+    /// Resolves once every informer the controllers read has its first full list.
+    pub async fn controllers_synced(&self) {
+        let waits = self.watches().into_iter().map(|(i, _)| i.synced());
         futures::future::join_all(waits).await;
     }
 
@@ -318,11 +332,76 @@ impl Store {
         self.watches()
             .into_iter()
             .filter(|(_, counts)| *counts)
-            .find_map(|(h, _)| {
+            .find_map(|(i, _)| {
+                let h = i.health();
                 h.failing_for().filter(|d| *d > threshold).map(|d| Stale {
                     kind: h.kind().to_owned(),
                     for_secs: d.as_secs(),
                 })
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    /// A store whose informers are fed by hand (its client never sends a request).
+    fn store(roles: Roles) -> Store {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        Store::new(Client::try_from(config).expect("client"), "berth", roles)
+    }
+
+    fn list_nothing<K: informer::Watched>(i: &Informer<K>) {
+        i.apply(Event::Init);
+        i.apply(Event::InitDone);
+    }
+
+    /// Lists every informer but the Pods'.
+    fn list_all_but_pods(s: &Store) {
+        list_nothing(&s.instances);
+        list_nothing(&s.nodes);
+        list_nothing(&s.kube_nodes);
+        list_nothing(&s.catalog_maps);
+        list_nothing(&s.user_secrets);
+        list_nothing(&s.key_secrets);
+        list_nothing(&s.signing_secrets);
+        list_nothing(&s.claim_maps);
+    }
+
+    #[tokio::test]
+    async fn the_api_is_ready_without_the_pod_list_and_the_controllers_wait_for_it() {
+        let s = store(Roles {
+            api: true,
+            controllers: true,
+        });
+        assert!(!s.is_synced(), "nothing listed yet");
+        list_all_but_pods(&s);
+        assert!(s.is_synced(), "the API's answers never read Pods");
+        tokio::time::timeout(Duration::from_secs(1), s.synced())
+            .await
+            .expect("synced resolves as is_synced says");
+        let mut controllers = std::pin::pin!(s.controllers_synced());
+        assert!(
+            futures::poll!(controllers.as_mut()).is_pending(),
+            "the controllers decide nothing before the Pods are listed"
+        );
+        list_nothing(&s.pods);
+        tokio::time::timeout(Duration::from_secs(1), controllers)
+            .await
+            .expect("the controllers start once the Pods are listed");
+
+        let only_controllers = store(Roles {
+            api: false,
+            controllers: true,
+        });
+        list_all_but_pods(&only_controllers);
+        assert!(
+            !only_controllers.is_synced(),
+            "without the API, readiness is the controllers'"
+        );
+        list_nothing(&only_controllers.pods);
+        assert!(only_controllers.is_synced());
     }
 }

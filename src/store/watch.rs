@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::Api;
-use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::watcher::{self, Event, InitialListStrategy, watcher};
 use tracing::{info, warn};
 
 use super::informer::{Informer, Watched};
@@ -156,8 +156,35 @@ fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(0.8 + f64::from(spread) / 1000.0)
 }
 
+/// Whether an API server of this version streams its lists (pure): Kubernetes
+/// 1.32 turned the WatchList feature on. A streaming list sends every object as a
+/// watch event on one connection, from the watch cache, instead of pages of 500
+/// each a request: at 10,000 instances Berth is ready sooner after a restart, and
+/// holds one object at a time rather than a page while it fills its caches.
+pub fn streams_lists(version: &k8s_openapi::apimachinery::pkg::version::Info) -> bool {
+    let minor: u32 = version
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
+    version.major == "1" && minor >= 32
+}
+
+/// Whether `error` is an API server refusing a streaming list (the WatchList
+/// feature turned off): 422 Invalid for `sendInitialEvents`.
+fn refuses_streaming(error: &watcher::Error) -> bool {
+    let code = match error {
+        watcher::Error::WatchError(s) => Some(s.code),
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) => Some(s.code),
+        _ => None,
+    };
+    code == Some(422)
+}
+
 /// Feeds `informer` from a watch of `api` until the process ends. Never returns.
-pub async fn run<K: Watched>(informer: Informer<K>, api: Api<K>, config: watcher::Config) {
+pub async fn run<K: Watched>(informer: Informer<K>, api: Api<K>, mut config: watcher::Config) {
     let mut backoff = Backoff::default();
     loop {
         let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
@@ -172,6 +199,13 @@ pub async fn run<K: Watched>(informer: Informer<K>, api: Api<K>, config: watcher
                     }
                 }
                 Some(Err(e)) => {
+                    if config.initial_list_strategy == InitialListStrategy::StreamingList
+                        && refuses_streaming(&e)
+                    {
+                        warn!(kind = %informer.health().kind(), error = %e, "the API server does not stream lists; listing in pages");
+                        config.initial_list_strategy = InitialListStrategy::ListWatch;
+                        break Retry::Relist;
+                    }
                     informer.health().failed(&e);
                     break retry_for(&e);
                 }
@@ -213,6 +247,27 @@ mod tests {
             retry_for(&watcher::Error::WatchFailed(refused)),
             Retry::Soon
         );
+    }
+
+    #[test]
+    fn lists_stream_from_kubernetes_1_32() {
+        let v = |major: &str, minor: &str| k8s_openapi::apimachinery::pkg::version::Info {
+            major: major.into(),
+            minor: minor.into(),
+            ..Default::default()
+        };
+        assert!(streams_lists(&v("1", "36")));
+        assert!(streams_lists(&v("1", "32+")));
+        assert!(!streams_lists(&v("1", "31")));
+        assert!(!streams_lists(&v("1", "")));
+        assert!(!streams_lists(&v("2", "0")));
+        let refused = watcher::Error::WatchError(Box::new(
+            Status::failure("sendInitialEvents is forbidden", "Invalid").with_code(422),
+        ));
+        assert!(refuses_streaming(&refused));
+        assert!(!refuses_streaming(&watcher::Error::WatchStartFailed(
+            api_error(403)
+        )));
     }
 
     #[test]

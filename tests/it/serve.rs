@@ -175,6 +175,13 @@ async fn metrics_time_answers_by_route_reconciles_and_api_server_calls() {
     assert!(
         crate::server::sum_series(&text, "berth_kube_requests_total", &["verb=\"watch\""], &[]) > 0
     );
+    // The test cluster (1.36) streams lists: every informer filled from watches,
+    // no paged list request at all.
+    assert_eq!(
+        crate::server::sum_series(&text, "berth_kube_requests_total", &["verb=\"list\""], &[]),
+        0,
+        "watches start with a streaming list"
+    );
     // Every bucket bound is in seconds, from half a millisecond.
     assert!(
         text.contains("berth_http_request_duration_seconds_bucket{le=\"0.0005\",route=\"/api/instances\",class=\"2xx\"}"),
