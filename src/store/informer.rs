@@ -90,6 +90,16 @@ fn no_index<K>(_: &K) -> Vec<(&'static str, String)> {
     Vec::new()
 }
 
+/// A name's first eight bytes, big-endian and zero-padded: ordering these orders
+/// names as byte strings do, up to their first eight bytes (names hold no NUL).
+fn name_prefix(name: Option<&str>) -> u64 {
+    let mut head = [0u8; 8];
+    let bytes = name.unwrap_or_default().as_bytes();
+    let n = bytes.len().min(8);
+    head[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(head)
+}
+
 /// Drops managed fields: never read, and on a large fleet most of an object's memory.
 pub fn drop_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
@@ -186,9 +196,21 @@ impl<K: Watched> Informer<K> {
 
     /// Every object, ordered by name.
     pub fn list(&self) -> Vec<Arc<K>> {
-        let mut all = self.inner.reader.state();
-        all.sort_unstable_by(|a, b| a.meta().name.cmp(&b.meta().name));
-        all
+        // Sorted by the names' first eight bytes as a number first: most compares
+        // are then integers in the vector itself rather than two reads through
+        // pointers to scattered names (at 10,000 Instances the sort was most of a
+        // list build's time, in a profile of the build during a deploy wave).
+        let mut keyed: Vec<(u64, Arc<K>)> = self
+            .inner
+            .reader
+            .state()
+            .into_iter()
+            .map(|o| (name_prefix(o.meta().name.as_deref()), o))
+            .collect();
+        keyed.sort_unstable_by(|(pa, a), (pb, b)| {
+            pa.cmp(pb).then_with(|| a.meta().name.cmp(&b.meta().name))
+        });
+        keyed.into_iter().map(|(_, o)| o).collect()
     }
 
     /// Every object, in no particular order (cheaper than [`Informer::list`]).
@@ -503,6 +525,32 @@ mod tests {
             out.push(x);
         }
         out
+    }
+
+    #[test]
+    fn lists_are_in_name_order_past_the_first_eight_bytes() {
+        let i = informer();
+        let mut expected = vec![
+            "abcdefgh-2",
+            "b",
+            "abcdefg",
+            "abcdefgh",
+            "0",
+            "abcdefgh-10",
+            "ab",
+            "a",
+            "zz",
+            "abcdefgi",
+            "abcdefgh-1",
+        ];
+        let objs = expected.iter().enumerate();
+        relist(
+            &i,
+            objs.map(|(n, name)| cm(name, &n.to_string(), 1, "x"))
+                .collect(),
+        );
+        expected.sort_unstable();
+        assert_eq!(names(i.list()), expected);
     }
 
     #[test]
