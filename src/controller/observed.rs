@@ -25,6 +25,15 @@ pub struct ObservedPod {
     pub spec: Option<ObservedPodSpec>,
     /// How the Pod is doing.
     pub status: Option<ObservedPodStatus>,
+    /// Berth's annotations ([`ANNOTATIONS_READ`], in that order), moved out of
+    /// the metadata by [`ObservedPod::slim`]: a map of one entry still holds a
+    /// whole B-tree node (~0.5 KiB).
+    #[serde(skip)]
+    kept_annotations: [Option<Box<str>>; 3],
+    /// The game server's CPU limit in cores, read by [`ObservedPod::slim`] from
+    /// the containers it then drops (whose limits map is another B-tree node).
+    #[serde(skip)]
+    kept_server_cpu: Option<f64>,
 }
 
 /// The part of a Pod's spec the controller reads.
@@ -176,39 +185,44 @@ const ANNOTATIONS_READ: [&str; 3] = [
 
 impl ObservedPod {
     /// Drops what is never read: managed fields, labels (the watch selected by
-    /// them already), annotations other than Berth's, conditions other than
-    /// PodScheduled and Ready.
+    /// them already), annotations other than Berth's, containers (keeping the
+    /// game server's CPU limit), conditions other than PodScheduled and Ready.
     pub fn slim(&mut self) {
         let meta = &mut self.metadata;
         meta.managed_fields = None;
         meta.labels = None;
-        if let Some(a) = meta.annotations.as_mut() {
-            a.retain(|k, _| ANNOTATIONS_READ.contains(&k.as_str()));
-        }
-        if let Some(spec) = self.spec.as_mut() {
-            spec.containers.retain(|c| c.name == SERVER_CONTAINER);
-            for c in &mut spec.containers {
-                if let Some(l) = c.resources.as_mut().and_then(|r| r.limits.as_mut()) {
-                    l.retain(|k, _| k == "cpu");
-                }
+        if let Some(mut all) = meta.annotations.take() {
+            for (kept, key) in self.kept_annotations.iter_mut().zip(ANNOTATIONS_READ) {
+                *kept = all.remove(key).map(String::into_boxed_str);
             }
+        }
+        self.kept_server_cpu = self.server_cpu();
+        if let Some(spec) = self.spec.as_mut() {
+            spec.containers = Vec::new();
         }
         if let Some(c) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) {
             c.retain(|c| CONDITIONS_READ.contains(&c.type_.as_str()));
+            c.shrink_to_fit();
         }
     }
 
-    /// One of the annotations Berth puts on its Pods.
+    /// One of the annotations Berth puts on its Pods ([`ANNOTATIONS_READ`]).
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .annotations
-            .as_ref()?
-            .get(key)
-            .map(String::as_str)
+        let kept = ANNOTATIONS_READ
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|i| self.kept_annotations[i].as_deref());
+        kept.or_else(|| {
+            let all = self.metadata.annotations.as_ref()?;
+            all.get(key).map(String::as_str)
+        })
     }
 
     /// The game server's CPU limit, in cores.
     pub fn server_cpu(&self) -> Option<f64> {
+        if self.kept_server_cpu.is_some() {
+            return self.kept_server_cpu;
+        }
         let q = self
             .spec
             .as_ref()?
@@ -254,7 +268,8 @@ mod tests {
             "metadata": { "name": "a1b2c3d4", "uid": "u1", "labels": { "x": "y" },
                           "annotations": { ANNOTATION_POD_HASH: "2", "other": "z" },
                           "managedFields": [{ "manager": "berth" }] },
-            "spec": { "nodeName": "kwok-node-1", "containers": [{ "name": "server", "image": "i" }],
+            "spec": { "nodeName": "kwok-node-1", "containers": [{ "name": "server", "image": "i", "resources": { "limits": { "cpu": "1500m", "memory": "1Gi" } } },
+                                     { "name": "sidecar", "image": "j", "resources": { "limits": { "cpu": "2" } } }],
                       "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
                           { "matchFields": [{ "key": "metadata.name", "operator": "In", "values": ["kwok-node-1"] }] }] } } } },
             "status": { "phase": "Running", "hostIP": "127.0.10.1", "podIP": "10.0.0.1", "qosClass": "Guaranteed",
@@ -269,11 +284,15 @@ mod tests {
         assert_eq!(spec.node_name.as_deref(), Some("kwok-node-1"));
         let meta = &pod.metadata;
         assert!(meta.labels.is_none() && meta.managed_fields.is_none());
+        assert!(meta.annotations.is_none(), "moved out of the map");
+        assert_eq!(pod.annotation(ANNOTATION_POD_HASH), Some("2"));
+        assert_eq!(pod.annotation("other"), None, "only Berth's stay");
         assert_eq!(
-            meta.annotations.as_ref().map(|a| a.len()),
-            Some(1),
-            "only Berth's annotation stays"
+            pod.server_cpu(),
+            Some(1.5),
+            "kept from the dropped containers"
         );
+        assert!(spec.containers.is_empty());
         let status = pod.status.as_ref().expect("status");
         assert_eq!(status.host_ip.as_deref(), Some("127.0.10.1"));
         let kept: Vec<&str> = status
