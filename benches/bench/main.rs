@@ -8,9 +8,9 @@
 //! to socket), memory and idle writes at 1,000 instances, throughput (deploys
 //! at concurrency 32 vs direct Pods, several runs), then 10,000 instances across
 //! 1,000 users for reads (wrk, another process; whole, gzip and paged lists),
-//! memory and the restart time (against a plain client's one list of the Instances);
-//! then reads during a 2,000-deploy wave, and 100
-//! nodes (throughput against 10, the node controller's writes at steady state).
+//! memory and the restart time (against a plain client's one list of the
+//! Instances); then reads during a 2,000-deploy wave, and 100 nodes (throughput
+//! against 10, the node controller's writes at steady state).
 
 mod console;
 mod cpu;

@@ -39,6 +39,9 @@ use informer::Watched;
 use placement::Placement;
 use users::Users;
 
+/// How long the Pod watch waits for the API's first lists (see [`Store::run`]).
+const API_LISTS_FIRST: Duration = Duration::from_secs(10);
+
 /// Index of Instances by owner userId.
 pub const INDEX_USER: &str = "user";
 /// Index of Instances by Node name.
@@ -267,6 +270,13 @@ impl Store {
         };
         let for_controllers = async {
             if self.roles.controllers {
+                // The API's lists first: listing the Pods (the largest objects,
+                // which the API never reads) at the same time competes with them
+                // for the API server and the CPU. Not for long: a watch of the
+                // API's that keeps failing must not hold the controllers back.
+                if self.roles.api {
+                    let _ = tokio::time::timeout(API_LISTS_FIRST, self.synced()).await;
+                }
                 let managed = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
                 watch::run(self.pods.clone(), self.api(), all().labels(&managed)).await;
             }
