@@ -312,7 +312,7 @@ impl Store {
     /// full list (the ones [`Store::stale`] counts). Where the API runs, the Pod
     /// informer is not among them: the API's answers never read it, and the
     /// controllers wait for their caches themselves ([`Store::controllers_synced`]);
-    /// at 10,000 instances its list is half the time to ready.
+    /// at 10,000 instances its list is the largest of all.
     pub fn is_synced(&self) -> bool {
         self.watches()
             .into_iter()
@@ -330,7 +330,8 @@ impl Store {
         futures::future::join_all(waits).await;
     }
 
-    /// Resolves once every informer the controllers read has its first full list.
+    /// Resolves once every informer this process runs has its first full list
+    /// (what the controllers wait for before their first decision).
     pub async fn controllers_synced(&self) {
         let waits = self.watches().into_iter().map(|(i, _)| i.synced());
         futures::future::join_all(waits).await;
