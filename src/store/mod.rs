@@ -330,11 +330,18 @@ impl Store {
         futures::future::join_all(waits).await;
     }
 
-    /// Resolves once every informer this process runs has its first full list
-    /// (what the controllers wait for before their first decision).
+    /// Resolves once every informer the controllers read has its first full list
+    /// (what they wait for before their first decision). Not the API's users,
+    /// keys and claims: a watch of those that fails must not stop the controllers.
     pub async fn controllers_synced(&self) {
-        let waits = self.watches().into_iter().map(|(i, _)| i.synced());
-        futures::future::join_all(waits).await;
+        let read: [&dyn Followed; 5] = [
+            &self.instances,
+            &self.nodes,
+            &self.kube_nodes,
+            &self.catalog_maps,
+            &self.pods,
+        ];
+        futures::future::join_all(read.map(Followed::synced)).await;
     }
 
     /// The first watch that readiness counts and that has been failing for longer
@@ -414,5 +421,21 @@ mod tests {
         );
         list_nothing(&only_controllers.pods);
         assert!(only_controllers.is_synced());
+
+        // The API's own watches (users, keys, claims) never listing does not
+        // hold the controllers back.
+        let api_stuck = store(Roles {
+            api: true,
+            controllers: true,
+        });
+        list_nothing(&api_stuck.instances);
+        list_nothing(&api_stuck.nodes);
+        list_nothing(&api_stuck.kube_nodes);
+        list_nothing(&api_stuck.catalog_maps);
+        list_nothing(&api_stuck.pods);
+        assert!(!api_stuck.is_synced());
+        tokio::time::timeout(Duration::from_secs(1), api_stuck.controllers_synced())
+            .await
+            .expect("the controllers wait only for what they read");
     }
 }
