@@ -149,6 +149,29 @@ impl Position {
     }
 }
 
+/// How a follow is (re)opened: the first time with the recent lines; after that
+/// from the whole second of the last line seen (its lines come again and are
+/// skipped). The second is floored here because kube rounds `sinceTime` to the
+/// nearest one: a last line at x.6 s would reopen from x+1 s and lose what the
+/// server printed in the rest of that second, such as a restarted server's first
+/// lines.
+fn follow_params(last: Option<Timestamp>) -> LogParams {
+    LogParams {
+        container: Some(SERVER_CONTAINER.to_owned()),
+        follow: true,
+        timestamps: true,
+        tail_lines: last.is_none().then_some(HISTORY as i64),
+        since_time: last.map(whole_second),
+        ..LogParams::default()
+    }
+}
+
+/// `at` without its fraction of a second (towards the past, also before 1970).
+fn whole_second(at: Timestamp) -> Timestamp {
+    let second = at.as_second() - i64::from(at.subsec_nanosecond() < 0);
+    Timestamp::from_second(second).unwrap_or(at)
+}
+
 /// Reads the Pod's logs forever, reopening after every end.
 async fn follow(
     pods: Api<Pod>,
@@ -159,18 +182,7 @@ async fn follow(
     let mut seen = Position::default();
     let mut wait = Duration::from_millis(250);
     loop {
-        let last = seen.at;
-        let params = LogParams {
-            container: Some(SERVER_CONTAINER.to_owned()),
-            follow: true,
-            timestamps: true,
-            // The first time: the recent lines; after that, from the last one seen
-            // (whole seconds: lines of that second come again and are skipped).
-            tail_lines: last.is_none().then_some(HISTORY as i64),
-            since_time: last,
-            ..LogParams::default()
-        };
-        match pods.log_stream(&name, &params).await {
+        match pods.log_stream(&name, &follow_params(seen.at)).await {
             Ok(stream) => {
                 let mut stream = std::pin::pin!(stream.lines());
                 let mut replay = seen.replay();
@@ -234,6 +246,29 @@ mod tests {
         );
         assert!(pos.is_new(t("2026-11-29T23:00:02Z"), &mut replay));
         assert!(!pos.is_new(t("2026-11-29T23:00:00Z"), &mut replay), "older");
+    }
+
+    #[test]
+    fn a_reopen_asks_from_the_start_of_the_last_lines_second() {
+        let since = |last: &str| {
+            let params = follow_params(Some(last.parse().expect("time")));
+            let request = kube::core::Request::new("/api/v1/namespaces/ns/pods")
+                .logs("p", &params)
+                .expect("request");
+            let query = request.uri().query().expect("query").to_owned();
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix("sinceTime="))
+                .expect("sinceTime")
+                .replace("%3A", ":")
+        };
+        // Past the half second: kube's own rounding would ask from 23:00:01.
+        assert_eq!(since("2026-11-29T23:00:00.6Z"), "2026-11-29T23:00:00Z");
+        assert_eq!(since("2026-11-29T23:00:00.2Z"), "2026-11-29T23:00:00Z");
+        assert_eq!(since("2026-11-29T23:00:00Z"), "2026-11-29T23:00:00Z");
+        assert_eq!(since("1969-12-31T23:59:59.5Z"), "1969-12-31T23:59:59Z");
+        let first = follow_params(None);
+        assert_eq!((first.since_time, first.tail_lines), (None, Some(100)));
     }
 
     #[test]
