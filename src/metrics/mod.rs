@@ -9,6 +9,7 @@
 //! | `berth_watch_errors_total` | `kind` |
 //! | `berth_http_responses_total` | `class` |
 //! | `berth_http_request_duration_seconds` | `route` (the route's pattern, `unmatched` for none), `class` |
+//! | `berth_password_checks_total` | — (argon2id checks of login passwords, an unknown user's decoy check included) |
 
 pub mod kube;
 
@@ -55,6 +56,7 @@ struct Metrics {
     watch_errors: Family<[(&'static str, String); 1], Counter>,
     http_responses: Family<One, Counter>,
     http_durations: Timings<Named>,
+    password_checks: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -68,6 +70,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         watch_errors: Family::default(),
         http_responses: Family::default(),
         http_durations: Family::new_with_constructor(histogram),
+        password_checks: Counter::default(),
     };
     // Counters are registered without `_total`: the encoder adds it.
     registry.register(
@@ -104,6 +107,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "berth_http_request_duration_seconds",
         "Time to an HTTP answer's headers, by route and status class",
         m.http_durations.clone(),
+    );
+    registry.register(
+        "berth_password_checks",
+        "Argon2id checks of login passwords (an unknown user's decoy check included): a login attempt's cost",
+        m.password_checks.clone(),
     );
     // Series known in advance start at zero, so "none yet" reads as 0, not as absent.
     for controller in CONTROLLERS {
@@ -153,6 +161,11 @@ pub fn observe_reconcile(controller: &'static str, ok: bool, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
+/// Counts one argon2id check of a login password.
+pub fn count_password_check() {
+    METRICS.password_checks.inc();
+}
+
 /// The status class of `status`, as labelled (pure).
 pub fn class(status: u16) -> &'static str {
     match status / 100 {
@@ -200,6 +213,7 @@ mod tests {
         observe_reconcile("instance", true, Duration::from_millis(12));
         observe_http("/api/instances", 200, Duration::from_micros(700));
         count_watch_error("Pod");
+        count_password_check();
         let text = render();
         for series in [
             "berth_kube_requests_total{verb=\"patch\",resource=\"pods\"} ",
@@ -211,6 +225,7 @@ mod tests {
             "berth_http_responses_total{class=\"2xx\"} ",
             "berth_http_request_duration_seconds_bucket{le=\"0.001\",route=\"/api/instances\",class=\"2xx\"} ",
             "berth_watch_errors_total{kind=\"Pod\"} ",
+            "berth_password_checks_total ",
         ] {
             let n = text
                 .lines()

@@ -180,9 +180,11 @@ impl HashPool {
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
         self.run(move || {
             PasswordHash::new(&hash).is_ok_and(|parsed| {
-                password_hasher()
+                let matches = password_hasher()
                     .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
+                    .is_ok();
+                crate::metrics::count_password_check();
+                matches
             })
         })
         .await
