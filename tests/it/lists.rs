@@ -6,6 +6,8 @@
 use std::io::Read as _;
 use std::time::Duration;
 
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::common::FakeNode;
@@ -196,6 +198,29 @@ async fn lists_are_paged_and_gzipped_and_never_stale() {
     let (_, _, plain) = get(&srv, "/api/instances", None).await;
     let list: Value = serde_json::from_slice(&plain).expect("JSON");
     assert!(!ids(&list).contains(&sixth), "plain list is stale");
+
+    // A Node renamed (with kubectl, say) shows under its new name in every
+    // instance: its spec is part of each item's rendering, not only its status.
+    let nodes: Api<berth::crd::Node> = Api::namespaced(srv.client.clone(), &srv.ns);
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "displayName": "Renamed" } })),
+        )
+        .await
+        .expect("rename the node");
+    crate::common::eventually(
+        Duration::from_secs(10),
+        "the new node name listed",
+        || async {
+            let (_, _, body) = get(&srv, "/api/instances", None).await;
+            let list: Value = serde_json::from_slice(&body).expect("JSON");
+            list.as_array()
+                .is_some_and(|l| l.iter().all(|i| i["Node"]["name"] == "Renamed"))
+        },
+    )
+    .await;
     fake.delete(&srv.client).await;
     srv.finish().await;
 }

@@ -55,8 +55,8 @@ pub async fn list(State(state): State<AppState>, request: ListRequest) -> axum::
         .lists()
         .get("instances", versions, move |previous| {
             let state = build_state;
-            // A view reads its Instance and its Berth Node.
-            let nodes = state.store.nodes.version();
+            // A view reads its Instance and its Berth Node's spec.
+            let nodes = view::nodes_stamp(&state.store.nodes.list());
             let instances = state.store.instances.list();
             let items = instances.iter().map(|i| {
                 let rv = i

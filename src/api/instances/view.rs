@@ -10,13 +10,42 @@ use super::super::AppState;
 use crate::crd::{Instance, InstanceState, Node, Power, PowerState, ports_string};
 
 /// The node of an instance, as clients see it inside the instance (no credentials).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Hash, Serialize, utoipa::ToSchema)]
 pub struct InstanceNode {
     id: String,
     name: Option<String>,
     address: Option<String>,
     port: Option<i32>,
     tags: Option<String>,
+}
+
+impl InstanceNode {
+    /// Node `id` as an instance shows it; `node` is its Berth Node, if it exists.
+    /// Only the Node's spec is read: its status (allocations, counts) changes with
+    /// every deploy and shows nowhere in an instance.
+    fn of(id: &str, node: Option<&Node>) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: node.map(|n| n.spec.display_name.clone()),
+            address: node.map(|n| n.spec.address.clone()),
+            port: node.and_then(|n| n.spec.port),
+            tags: node.and_then(|n| n.spec.tags.clone()),
+        }
+    }
+}
+
+/// A fingerprint of what instance views read from `nodes` (in name order): it
+/// changes when a view's node part would, and only then. A list build keeps an
+/// instance's rendering while its Instance and this are unchanged; a Node's
+/// version would not do, for the node controller writes its status with every
+/// deploy, and every item would be rendered again during a deploy wave.
+pub fn nodes_stamp(nodes: &[Arc<Node>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for node in nodes {
+        InstanceNode::of(&node.name_any(), Some(node)).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// An instance as clients see it (Skyport's field names). Its schema is what
@@ -119,13 +148,7 @@ pub fn view(state: &AppState, inst: &Instance) -> InstanceView {
     InstanceView {
         Name: inst.spec.display_name.clone(),
         User: inst.spec.user_id.clone(),
-        Node: InstanceNode {
-            id: inst.spec.node.clone(),
-            name: node.as_ref().map(|n| n.spec.display_name.clone()),
-            address: node.as_ref().map(|n| n.spec.address.clone()),
-            port: node.as_ref().and_then(|n| n.spec.port),
-            tags: node.as_ref().and_then(|n| n.spec.tags.clone()),
-        },
+        Node: InstanceNode::of(&inst.spec.node, node.as_deref()),
         Image: inst.spec.image.clone(),
         ImageName: inst.spec.image_name.clone(),
         Memory: inst.spec.memory,
@@ -160,6 +183,40 @@ pub fn internal_state(state: Option<InstanceState>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, display: &str, allocated_memory: i64) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "berth.dev/v1alpha1", "kind": "Node",
+                "metadata": { "name": name, "resourceVersion": allocated_memory.to_string() },
+                "spec": { "displayName": display, "address": "10.0.0.1" },
+                "status": { "allocated": { "memory": allocated_memory, "cpu": 0.0 }, "instances": 1 }
+            }))
+            .expect("node"),
+        )
+    }
+
+    #[test]
+    fn the_nodes_stamp_follows_what_views_show_not_node_status() {
+        let stamp = |nodes: &[Arc<Node>]| nodes_stamp(nodes);
+        let before = stamp(&[node("a", "A", 1), node("b", "B", 1)]);
+        assert_eq!(
+            before,
+            stamp(&[node("a", "A", 2048), node("b", "B", 1)]),
+            "a deploy's status write shows in no instance"
+        );
+        assert_ne!(
+            before,
+            stamp(&[node("a", "A2", 1), node("b", "B", 1)]),
+            "renamed"
+        );
+        assert_ne!(before, stamp(&[node("a", "A", 1)]), "one gone");
+        assert_ne!(
+            before,
+            stamp(&[node("a", "B", 1), node("b", "A", 1)]),
+            "swapped"
+        );
+    }
 
     #[test]
     fn states_map_to_skyport() {
