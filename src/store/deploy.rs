@@ -441,7 +441,11 @@ async fn claim_ports(store: &Store, inst: &Instance, kube_node: &str) -> Result<
     claim_these(store, inst, kube_node, &inst.spec.ports).await
 }
 
-/// Claims `ports` for `inst` on its Kubernetes node.
+/// Claims `ports` for `inst` on its Kubernetes node, one at a time in ascending
+/// order, as locks are taken: deploys racing for some of the same ports meet at
+/// the lowest of them, and its winner goes on to the rest. Claimed in parallel (or
+/// in each request's own order), each racer could win some ports and every one
+/// of them fail.
 pub(super) async fn claim_these(
     store: &Store,
     inst: &Instance,
@@ -450,6 +454,8 @@ pub(super) async fn claim_these(
 ) -> Result<(), DeployError> {
     let api = store.instance_api();
     let owner = owner_ref(inst);
+    let mut ports: Vec<&PortMapping> = ports.iter().collect();
+    ports.sort_by_key(|p| p.host_port);
     for p in ports {
         let key = host_port_key(kube_node, p.host_port);
         let alive = |o: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {

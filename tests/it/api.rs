@@ -830,6 +830,46 @@ async fn racing_deploys_for_one_host_port_have_one_winner() {
 }
 
 #[tokio::test]
+async fn racing_deploys_for_the_same_ports_in_any_order_have_one_winner() {
+    let srv = TestServer::start("api-ports-race").await;
+    let node = create_node(&srv, None).await;
+    create_user(&srv, "steve", "u1").await;
+    // Each round, racers list the same three ports in opposite orders: had each
+    // claimed in its own order, two could each win a port and both fail.
+    for round in 0..4 {
+        let ports: Vec<i32> = (0..3).map(|i| 26000 + round * 10 + i).collect();
+        let racers = (0..8).map(|r| {
+            let mut mine = ports.clone();
+            if r % 2 == 1 {
+                mine.reverse();
+            }
+            let list: Vec<String> = mine.iter().map(i32::to_string).collect();
+            let mut body = deploy_body(&node, "u1", &list.join(","));
+            body["memory"] = json!(16);
+            srv.call("POST", "/api/instances/deploy", Some(body))
+        });
+        let answers = futures::future::join_all(racers).await;
+        let created = answers.iter().filter(|a| a.status == 201).count();
+        let refused = answers.iter().filter(|a| a.status == 400).count();
+        assert_eq!((created, refused), (1, 7), "round {round}: {answers:?}");
+    }
+    eventually(Duration::from_secs(30), "losers rolled back", || async {
+        count_instances(&srv).await == 4
+    })
+    .await;
+    let claims = Api::<ConfigMap>::namespaced(srv.client.clone(), &srv.ns)
+        .list(&ListParams::default().labels("berth.dev/claim=hostport"))
+        .await
+        .expect("claims");
+    assert_eq!(
+        claims.items.len(),
+        12,
+        "the winners' three ports each, no more"
+    );
+    srv.finish().await;
+}
+
+#[tokio::test]
 async fn malformed_requests_get_json_errors() {
     let srv = TestServer::start("api-malformed").await;
     let key = srv.key.clone();
