@@ -88,6 +88,11 @@ async fn lists_are_paged_and_gzipped_and_never_stale() {
     assert_eq!(status, 200);
     assert_eq!(header(&h, "content-encoding"), "", "not asked for gzip");
     assert_eq!(header(&h, "vary"), "accept-encoding");
+    assert_eq!(
+        header(&h, "content-length"),
+        plain.len().to_string(),
+        "sent from shared chunks, with its length"
+    );
     let whole: Value = serde_json::from_slice(&plain).expect("JSON");
     let all = ids(&whole);
     assert_eq!(all.len(), 5);

@@ -10,16 +10,20 @@
 //! during a build wait for the next one rather than each starting their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::error::ApiError;
+
+mod body;
+mod rendered;
+
+pub use rendered::Rendered;
 
 /// Items per page when `page` is given without `perPage`.
 pub const DEFAULT_PER_PAGE: usize = 100;
@@ -29,169 +33,6 @@ pub const MAX_PER_PAGE: usize = 1000;
 const BAD_PAGE: &str = "page must be a whole number from 1, perPage one from 1 to 1000";
 /// The header carrying the number of items in the whole list, on a page.
 pub const TOTAL_COUNT_HEADER: &str = "x-total-count";
-
-/// What an item's rendering was made from: its object's resourceVersion and the
-/// version of anything else its view reads. The same stamp, the same bytes.
-pub type Stamp = (u64, u64);
-
-/// A serialized list: the JSON array, where each item lies in it, and its gzip
-/// form once a client asked for it.
-pub struct Rendered {
-    body: Bytes,
-    /// Byte range of each item in `body`, in order.
-    items: Vec<(usize, usize)>,
-    /// Each item's key and stamp, in order, in a list built with stamps.
-    stamps: Vec<(Arc<str>, Stamp)>,
-    gzip: OnceLock<Bytes>,
-}
-
-/// A JSON array being written, item by item.
-struct Builder {
-    body: Vec<u8>,
-    items: Vec<(usize, usize)>,
-}
-
-impl Builder {
-    fn new(items: usize, bytes: usize) -> Self {
-        let mut body = Vec::with_capacity(bytes + 2);
-        body.push(b'[');
-        Self {
-            body,
-            items: Vec::with_capacity(items),
-        }
-    }
-
-    /// Appends one item, written by `write`.
-    fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        if !self.items.is_empty() {
-            self.body.push(b',');
-        }
-        let start = self.body.len();
-        write(&mut self.body);
-        self.items.push((start, self.body.len()));
-    }
-
-    fn finish(mut self, stamps: Vec<(Arc<str>, Stamp)>) -> Rendered {
-        self.body.push(b']');
-        Rendered {
-            body: Bytes::from(self.body),
-            items: self.items,
-            stamps,
-            gzip: OnceLock::new(),
-        }
-    }
-}
-
-/// Serializes one item; views of our own types cannot fail to serialize.
-fn write_item<T: Serialize>(body: &mut Vec<u8>, item: &T) {
-    let _ = serde_json::to_writer(body, item);
-}
-
-impl Rendered {
-    /// Serializes `items` as one JSON array, noting where each item lies. Items
-    /// are serialized as they come: at 10,000 instances, collecting their views
-    /// first would hold another ~10 MB at the peak.
-    pub fn new<T: Serialize>(items: impl ExactSizeIterator<Item = T>) -> Self {
-        let mut out = Builder::new(items.len(), items.len() * 512);
-        for item in items {
-            out.push(|body| write_item(body, &item));
-        }
-        out.finish(Vec::new())
-    }
-
-    /// Like [`Rendered::new`] for items with a key and a [`Stamp`], ordered by key:
-    /// an item whose stamp is the one it had in `previous` is copied from there,
-    /// not made and serialized again. During a deploy wave the list changes with
-    /// every status write, a few items at a time: copying 10,000 items' bytes takes
-    /// a fraction of serializing their views. Both lists being in key order, the
-    /// previous item is found by walking the two side by side (no hashing, and an
-    /// unchanged item's key is shared, not copied).
-    pub fn reusing<'a, X, T: Serialize>(
-        previous: Option<&Rendered>,
-        items: impl ExactSizeIterator<Item = (&'a str, Stamp, X)>,
-        view: impl Fn(X) -> T,
-    ) -> Self {
-        let bytes = previous.map_or(items.len() * 512, |p| p.body.len());
-        let mut out = Builder::new(items.len(), bytes);
-        let mut stamps = Vec::with_capacity(items.len());
-        let (before, body, ranges) = match previous {
-            Some(p) => (&p.stamps[..], &p.body[..], &p.items[..]),
-            None => (&[][..], &[][..], &[][..]),
-        };
-        let mut at = 0;
-        for (key, stamp, item) in items {
-            while before.get(at).is_some_and(|(k, _)| &**k < key) {
-                at += 1;
-            }
-            match before.get(at).filter(|(k, s)| &**k == key && *s == stamp) {
-                Some((kept, _)) => {
-                    let (start, end) = ranges[at];
-                    out.push(|out| out.extend_from_slice(&body[start..end]));
-                    stamps.push((kept.clone(), stamp));
-                }
-                None => {
-                    out.push(|body| write_item(body, &view(item)));
-                    stamps.push((Arc::from(key), stamp));
-                }
-            }
-        }
-        out.finish(stamps)
-    }
-
-    /// Number of items.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// The whole array (a refcount, not a copy).
-    pub fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    /// The array of the items of `page` (empty past the end).
-    pub fn page(&self, page: Page) -> Vec<u8> {
-        let first = page.first().min(self.items.len());
-        let last = (first + page.per_page).min(self.items.len());
-        let mut out = Vec::with_capacity(2);
-        out.push(b'[');
-        if first < last {
-            // Items are contiguous with their commas between them.
-            out.extend_from_slice(&self.body[self.items[first].0..self.items[last - 1].1]);
-        }
-        out.push(b']');
-        out
-    }
-
-    /// The whole array gzip-compressed, made once (on the blocking pool: a few
-    /// megabytes take tens of milliseconds).
-    async fn gzip(self: &Arc<Self>) -> Bytes {
-        if let Some(g) = self.gzip.get() {
-            return g.clone();
-        }
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.gzip.get_or_init(|| gzip(&me.body)).clone())
-            .await
-            .unwrap_or_else(|_| Bytes::new())
-    }
-}
-
-/// `bytes` gzip-compressed at the fast level: JSON lists shrink about tenfold
-/// with it, and the best level costs several times the CPU for a few percent.
-fn gzip(bytes: &[u8]) -> Bytes {
-    use std::io::Write as _;
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 8),
-        flate2::Compression::fast(),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(bytes);
-    Bytes::from(enc.finish().unwrap_or_default())
-}
 
 /// Whether an `Accept-Encoding` value accepts gzip (pure): listed, or `*`, with
 /// a quality above zero.
@@ -323,7 +164,10 @@ impl ListRequest {
                 let gz = (header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 ([json, vary, gz], list.gzip().await).into_response()
             }
-            None => ([json, vary], list.body()).into_response(),
+            None => {
+                let body = axum::body::Body::new(body::Chunks::new(list.frames()));
+                ([json, vary], body).into_response()
+            }
         }
     }
 
@@ -470,28 +314,6 @@ mod tests {
     }
 
     #[test]
-    fn a_page_is_a_slice_of_the_whole_array() {
-        let items: Vec<serde_json::Value> = (0..5).map(|i| serde_json::json!({ "n": i })).collect();
-        let list = Rendered::new(items.iter());
-        let whole: Vec<serde_json::Value> = serde_json::from_slice(&list.body()).unwrap();
-        assert_eq!(whole, items);
-        let page = |number, per_page| -> Vec<serde_json::Value> {
-            serde_json::from_slice(&list.page(Page { number, per_page })).unwrap()
-        };
-        assert_eq!(page(1, 2), items[0..2]);
-        assert_eq!(page(3, 2), items[4..5]);
-        assert_eq!(page(4, 2), Vec::<serde_json::Value>::new());
-        assert_eq!(page(1, 1000), items);
-        assert_eq!(
-            Rendered::new(std::iter::empty::<()>()).page(Page {
-                number: 1,
-                per_page: 5
-            }),
-            b"[]"
-        );
-    }
-
-    #[test]
     fn gzip_is_accepted_as_http_says() {
         assert!(accepts_gzip("gzip"));
         assert!(accepts_gzip("br, gzip;q=0.5"));
@@ -501,77 +323,6 @@ mod tests {
         assert!(!accepts_gzip("br, deflate"));
         assert!(!accepts_gzip("identity"));
         assert!(!accepts_gzip(""));
-    }
-
-    #[test]
-    fn the_gzip_form_inflates_to_the_body() {
-        use std::io::Read as _;
-        let items: Vec<String> = (0..1000).map(|i| format!("instance-{i}")).collect();
-        let list = Rendered::new(items.iter());
-        let gz = gzip(&list.body());
-        assert!(
-            gz.len() * 4 < list.body().len(),
-            "{} vs {}",
-            gz.len(),
-            list.body().len()
-        );
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, list.body());
-    }
-
-    #[test]
-    fn unchanged_items_are_copied_and_changed_ones_made_again() {
-        let made = std::cell::Cell::new(0);
-        let view = |n: u64| {
-            made.set(made.get() + 1);
-            serde_json::json!({ "n": n })
-        };
-        let first = Rendered::reusing(
-            None,
-            [("a", (1, 0), 1), ("b", (1, 0), 2), ("c", (1, 0), 3)].into_iter(),
-            view,
-        );
-        assert_eq!(made.get(), 3);
-        // b changed (new stamp), c is gone, d is new; a is copied.
-        let second = Rendered::reusing(
-            Some(&first),
-            [("a", (1, 0), 100), ("b", (2, 0), 20), ("d", (1, 0), 4)].into_iter(),
-            view,
-        );
-        assert_eq!(made.get(), 5, "a was copied, b and d made");
-        let got: serde_json::Value = serde_json::from_slice(&second.body()).unwrap();
-        assert_eq!(
-            got,
-            serde_json::json!([{ "n": 1 }, { "n": 20 }, { "n": 4 }])
-        );
-        // What else the view reads changed (the second stamp): all made again.
-        let third = Rendered::reusing(
-            Some(&second),
-            [("a", (1, 1), 7), ("b", (2, 1), 8), ("d", (1, 1), 9)].into_iter(),
-            view,
-        );
-        assert_eq!(made.get(), 8);
-        let got: serde_json::Value = serde_json::from_slice(&third.body()).unwrap();
-        assert_eq!(got, serde_json::json!([{ "n": 7 }, { "n": 8 }, { "n": 9 }]));
-        assert_eq!(
-            &third.page(Page {
-                number: 2,
-                per_page: 2
-            })[..],
-            br#"[{"n":9}]"#
-        );
-        // A key before all others is new, a removed one is skipped: the rest, in
-        // key order, is still found and copied.
-        let fourth = Rendered::reusing(
-            Some(&third),
-            [("0", (1, 1), 0), ("b", (2, 1), 0), ("d", (1, 1), 0)].into_iter(),
-            view,
-        );
-        assert_eq!(made.get(), 9, "only 0 made");
-        assert_eq!(&fourth.body()[..], br#"[{"n":0},{"n":8},{"n":9}]"#);
     }
 
     #[tokio::test]
@@ -590,7 +341,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 1);
         let c = cache.get("l", vec![2], build(2)).await;
-        assert_eq!(&c.body()[..], b"[2]");
+        assert_eq!(&c.to_vec()[..], b"[2]");
         assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
