@@ -37,6 +37,8 @@ use wrk::Load;
 const FAKE_NODES: usize = 10;
 const LATENCY_DEPLOYS: usize = 200;
 const THROUGHPUT_DEPLOYS: usize = 2000;
+/// How long the namespaces of earlier runs may take to be emptied.
+const LEFTOVERS_GONE_WITHIN: Duration = Duration::from_secs(20 * 60);
 /// Runs of the throughput phase; `BENCH_RUNS` overrides (for quick looks).
 const THROUGHPUT_RUNS: usize = 3;
 const CONCURRENCY: usize = 32;
@@ -346,9 +348,12 @@ async fn create_floor(
         .await
 }
 
-/// Removes what an interrupted earlier run left: its namespaces and fake nodes.
-/// A leftover node with this run's addresses would make them ambiguous, and
-/// Berth refuses to place instances on an ambiguous address.
+/// Removes what an earlier run left (an interrupted one, or one whose namespaces
+/// are still being emptied): its namespaces and fake nodes, and waits until the
+/// namespaces are gone. A leftover node with this run's addresses would make them
+/// ambiguous (Berth refuses to place instances on an ambiguous address), and the
+/// garbage collection of a finished run's ~24,000 objects keeps etcd and the API
+/// server busy for minutes: measured during it, this run's figures halved.
 async fn remove_leftovers(client: &Client) {
     let lp = ListParams::default();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -370,6 +375,22 @@ async fn remove_leftovers(client: &Client) {
         .unwrap_or_default()
     {
         let _ = nodes.delete(&n.name_any(), &DeleteParams::default()).await;
+    }
+    let deadline = Instant::now() + LEFTOVERS_GONE_WITHIN;
+    loop {
+        let left = namespaces
+            .list(&ListParams::default().labels("berth.dev/bench=true"))
+            .await
+            .map_or(0, |l| l.items.len());
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} namespaces of earlier runs still terminating after {LEFTOVERS_GONE_WITHIN:?}"
+        );
+        eprintln!("bench: waiting for {left} namespaces of earlier runs to be emptied");
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
 
