@@ -49,7 +49,7 @@ pub async fn serve(
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listener) => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: pass, do not die.
@@ -63,13 +63,32 @@ pub async fn serve(
         connections.spawn(stream, peer);
     }
     // The backlog: connections the kernel completed that were not taken yet.
-    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+    while let Some(Ok((stream, peer))) = accept(&listener).now_or_never() {
         connections.spawn(stream, peer);
     }
     drop(listener);
     drop(connections);
     let _ = draining.send(());
     open_tx.closed().await;
+}
+
+/// The next connection, ready to serve: Nagle's algorithm off (see [`no_delay`]).
+async fn accept(listener: &TcpListener) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept().await?;
+    no_delay(&stream);
+    Ok((stream, peer))
+}
+
+/// Turns Nagle's algorithm off: a response's last segment (and, for a list of
+/// megabytes, the short tail of each vectored write) must not wait for the ACK of
+/// what went before, which a keep-alive client delays (delayed ACKs in
+/// request-response mode). With Nagle, a 6 MB list read on a reused connection
+/// took 50-130 ms instead of 12 in one read of a hundred. Go's net/http and
+/// nginx (`tcp_nodelay on`) do the same.
+fn no_delay(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "failed to set TCP_NODELAY");
+    }
 }
 
 /// What each connection is served with.
@@ -128,5 +147,19 @@ impl Connections {
             }
             drop(open);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_acks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = accept(&listener).await.expect("accept");
+        assert!(accepted.nodelay().expect("read"), "TCP_NODELAY set");
     }
 }
