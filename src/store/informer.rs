@@ -15,7 +15,7 @@
 //! The watch loop that feeds an informer lives in [`super::watch`]; everything
 //! here is synchronous and tested without a cluster.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,6 +29,8 @@ use super::watch::WatchHealth;
 
 /// Computes the index entries of an object: `(index name, key)` pairs.
 pub type IndexFn<K> = fn(&K) -> Vec<(&'static str, String)>;
+/// Secondary indexes: index name → key → objects by name.
+type Indexes<K> = HashMap<&'static str, HashMap<String, BTreeMap<String, Arc<K>>>>;
 /// Drops what nobody reads from an object before it is kept (managed fields, ...).
 pub type SlimFn<K> = fn(&mut K);
 
@@ -75,8 +77,9 @@ struct Inner<K: Watched> {
 
 struct State<K: Watched> {
     writer: Writer<K>,
-    /// index name → key → object names.
-    indexes: HashMap<&'static str, HashMap<String, BTreeSet<String>>>,
+    /// index name → key → the objects, by name (the very objects the store
+    /// holds: a lookup reads no map per object and copies no name).
+    indexes: Indexes<K>,
     /// uid → resourceVersion of a deletion we made ourselves: watch events of that
     /// object up to that version are older than what we know.
     tombstones: HashMap<String, u64>,
@@ -230,14 +233,12 @@ impl<K: Watched> Informer<K> {
 
     /// Objects whose index `index` has entry `key`, ordered by name.
     pub fn by_index(&self, index: &str, key: &str) -> Vec<Arc<K>> {
-        let names: Vec<String> = {
-            let state = self.lock();
-            match state.indexes.get(index).and_then(|keys| keys.get(key)) {
-                Some(names) => names.iter().cloned().collect(),
-                None => return Vec::new(),
-            }
-        };
-        names.iter().filter_map(|n| self.get(n)).collect()
+        self.lock()
+            .indexes
+            .get(index)
+            .and_then(|keys| keys.get(key))
+            .map(|objs| objs.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// How many objects index `index` has under `key`.
@@ -246,7 +247,7 @@ impl<K: Watched> Informer<K> {
             .indexes
             .get(index)
             .and_then(|keys| keys.get(key))
-            .map_or(0, BTreeSet::len)
+            .map_or(0, BTreeMap::len)
     }
 
     /// Makes a write of ours visible now (the watch event will follow and is then
@@ -348,9 +349,9 @@ impl<K: Watched> Informer<K> {
         if let Some(old) = &old {
             unindex(&mut state.indexes, self.inner.index, old);
         }
-        index(&mut state.indexes, self.inner.index, &obj);
         state.writer.apply_watcher_event(&Event::Apply(obj));
         if let Some(kept) = self.get(&name) {
+            index(&mut state.indexes, self.inner.index, &kept);
             state.applied.retain(|tx| tx.send(kept.clone()).is_ok());
         }
         true
@@ -434,11 +435,8 @@ impl<K: Watched> Informer<K> {
     }
 }
 
-fn index<K>(
-    indexes: &mut HashMap<&'static str, HashMap<String, BTreeSet<String>>>,
-    f: IndexFn<K>,
-    obj: &K,
-) where
+fn index<K>(indexes: &mut Indexes<K>, f: IndexFn<K>, obj: &Arc<K>)
+where
     K: Resource,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
@@ -448,15 +446,12 @@ fn index<K>(
             .or_default()
             .entry(key)
             .or_default()
-            .insert(name.clone());
+            .insert(name.clone(), obj.clone());
     }
 }
 
-fn unindex<K>(
-    indexes: &mut HashMap<&'static str, HashMap<String, BTreeSet<String>>>,
-    f: IndexFn<K>,
-    obj: &K,
-) where
+fn unindex<K>(indexes: &mut Indexes<K>, f: IndexFn<K>, obj: &K)
+where
     K: Resource,
 {
     let name = obj.meta().name.as_deref().unwrap_or_default();
@@ -566,6 +561,28 @@ mod tests {
         i.apply(Event::Delete(cm("a", "u1", 4, "bob")));
         assert!(i.by_index("owner", "bob").is_empty());
         assert_eq!(i.len(), 1);
+    }
+
+    #[test]
+    fn indexes_hand_out_the_kept_version_of_each_object() {
+        let i = informer();
+        i.apply(Event::Apply(cm("a", "u1", 1, "alice")));
+        // Changed, its index keys not: the index must not keep the old copy.
+        i.apply(Event::Apply(cm("a", "u1", 2, "alice")));
+        let kept = i.get("a").expect("kept");
+        let indexed = i.by_index("owner", "alice");
+        assert_eq!(indexed.len(), 1);
+        assert!(Arc::ptr_eq(&indexed[0], &kept), "the index holds version 2");
+        // A relist rebuilds the indexes from what it listed.
+        relist(
+            &i,
+            vec![cm("a", "u1", 5, "alice"), cm("c", "u3", 6, "alice")],
+        );
+        let indexed = i.by_index("owner", "alice");
+        assert_eq!(names(indexed.clone()), ["a", "c"]);
+        for o in indexed {
+            assert!(Arc::ptr_eq(&o, &i.get(&o.name_any()).expect("kept")));
+        }
     }
 
     #[test]

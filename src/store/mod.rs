@@ -47,11 +47,26 @@ pub const INDEX_USER: &str = "user";
 /// Index of Instances by Node name.
 pub const INDEX_NODE: &str = "node";
 
+/// Index of Instances by the host ports they hold: `node/port` (see [`node_port`]).
+pub const INDEX_NODE_PORT: &str = "node-port";
+
+/// The [`INDEX_NODE_PORT`] key of host port `port` on Berth Node `node`.
+pub fn node_port(node: &str, port: i32) -> String {
+    format!("{node}/{port}")
+}
+
 fn instance_index(i: &Instance) -> Vec<(&'static str, String)> {
-    vec![
+    let mut keys = vec![
         (INDEX_USER, i.spec.user_id.clone()),
         (INDEX_NODE, i.spec.node.clone()),
-    ]
+    ];
+    keys.extend(
+        i.spec
+            .ports
+            .iter()
+            .map(|p| (INDEX_NODE_PORT, node_port(&i.spec.node, p.host_port))),
+    );
+    keys
 }
 
 /// Instances keep what the REST API and the controllers read: the spec, the status
