@@ -135,8 +135,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             async move { users.warm().await }
         });
     }
-    let mut state = AppState::new(store.clone(), config.watch_grace);
-    state.frame_ancestors = config.console_frame_ancestors.as_str().into();
+    let state = AppState::framed_by(
+        store.clone(),
+        config.watch_grace,
+        &config.console_frame_ancestors,
+    );
 
     let (stop_tx, shutdown) = Shutdown::new();
     let listener = TcpListener::bind(config.listen)
