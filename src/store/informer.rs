@@ -15,7 +15,7 @@
 //! The watch loop that feeds an informer lives in [`super::watch`]; everything
 //! here is synchronous and tested without a cluster.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,8 +29,17 @@ use super::watch::WatchHealth;
 
 /// Computes the index entries of an object: `(index name, key)` pairs.
 pub type IndexFn<K> = fn(&K) -> Vec<(&'static str, String)>;
-/// Secondary indexes: index name → key → objects by name.
-type Indexes<K> = HashMap<&'static str, HashMap<String, BTreeMap<String, Arc<K>>>>;
+/// Secondary indexes: index name → key → objects, in name order. A sorted vector
+/// of pointers rather than a tree keyed by a copy of each name: most keys hold one
+/// object or a few (an instance's host ports, a user's instances), where a tree's
+/// node would cost hundreds of bytes each, and the largest (a node's instances,
+/// ~1,000) move 8 KB at most on an insert.
+type Indexes<K> = HashMap<&'static str, HashMap<String, Vec<Arc<K>>>>;
+
+/// Where the object named `name` is, or would be, in an index entry.
+fn position<K: Resource>(objs: &[Arc<K>], name: &str) -> Result<usize, usize> {
+    objs.binary_search_by(|o| o.meta().name.as_deref().unwrap_or_default().cmp(name))
+}
 /// Drops what nobody reads from an object before it is kept (managed fields, ...).
 pub type SlimFn<K> = fn(&mut K);
 
@@ -237,7 +246,7 @@ impl<K: Watched> Informer<K> {
             .indexes
             .get(index)
             .and_then(|keys| keys.get(key))
-            .map(|objs| objs.values().cloned().collect())
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -247,7 +256,7 @@ impl<K: Watched> Informer<K> {
             .indexes
             .get(index)
             .and_then(|keys| keys.get(key))
-            .map_or(0, BTreeMap::len)
+            .map_or(0, Vec::len)
     }
 
     /// Makes a write of ours visible now (the watch event will follow and is then
@@ -385,7 +394,9 @@ impl<K: Watched> Informer<K> {
             .map(|o| (o.name_any(), o))
             .collect();
         state.writer.apply_watcher_event(&Event::InitDone);
-        let after = self.inner.reader.state();
+        let mut after = self.inner.reader.state();
+        // In name order, each index entry is built by appends.
+        after.sort_unstable_by(|a, b| a.meta().name.cmp(&b.meta().name));
         state.indexes.clear();
         for obj in &after {
             index(&mut state.indexes, self.inner.index, obj);
@@ -439,14 +450,13 @@ fn index<K>(indexes: &mut Indexes<K>, f: IndexFn<K>, obj: &Arc<K>)
 where
     K: Resource,
 {
-    let name = obj.meta().name.clone().unwrap_or_default();
+    let name = obj.meta().name.as_deref().unwrap_or_default();
     for (index, key) in f(obj) {
-        indexes
-            .entry(index)
-            .or_default()
-            .entry(key)
-            .or_default()
-            .insert(name.clone(), obj.clone());
+        let objs = indexes.entry(index).or_default().entry(key).or_default();
+        match position(objs, name) {
+            Ok(at) => objs[at] = obj.clone(),
+            Err(at) => objs.insert(at, obj.clone()),
+        }
     }
 }
 
@@ -457,10 +467,12 @@ where
     let name = obj.meta().name.as_deref().unwrap_or_default();
     for (index, key) in f(obj) {
         if let Some(keys) = indexes.get_mut(index)
-            && let Some(names) = keys.get_mut(&key)
+            && let Some(objs) = keys.get_mut(&key)
         {
-            names.remove(name);
-            if names.is_empty() {
+            if let Ok(at) = position(objs, name) {
+                objs.remove(at);
+            }
+            if objs.is_empty() {
                 keys.remove(&key);
             }
         }
