@@ -508,6 +508,7 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::PowerState;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use serde_json::json;
 
@@ -667,5 +668,24 @@ mod tests {
             observed_generation: None,
         });
         assert!(!status::may_wait(None, &stuck), "stuck is news");
+    }
+
+    #[test]
+    fn a_stop_reached_is_written_at_once() {
+        // The Pod terminating (not Ready: Installing), then gone (Pending): both
+        // steps on the way by their state, but the power state moved.
+        let mut stopping = status_of(InstanceState::Installing);
+        stopping.power = Some(PowerState::Stopping);
+        let mut stopped = status_of(InstanceState::Pending);
+        stopped.power = Some(PowerState::Offline);
+        assert!(
+            !status::may_wait(Some(&stopping), &stopped),
+            "Offline is news"
+        );
+        let mut starting = status_of(InstanceState::Pending);
+        starting.power = Some(PowerState::Starting);
+        let mut installing = status_of(InstanceState::Installing);
+        installing.power = Some(PowerState::Starting);
+        assert!(status::may_wait(Some(&starting), &installing));
     }
 }
