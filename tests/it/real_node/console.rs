@@ -121,9 +121,24 @@ async fn the_console_shows_the_server_types_into_it_and_stops_it() {
     assert_eq!(hello, 1, "no line twice: {:?}", ws.tail());
 
     // Stop from the socket: the StopCommand is typed, the server saves and exits.
+    // The status comes from the Instance's watch, the line from the log stream:
+    // either may reach the socket first.
     ws.send("set state", &["stop"]).await;
-    ws.expect("status", Some("stopping")).await;
-    until_printed(&mut ws, "Saving the game (stop command)").await;
+    let (mut stopping, mut saved) = (false, false);
+    ws.until(Duration::from_secs(60), |e, a| {
+        stopping |= e == "status" && a.first().and_then(Value::as_str) == Some("stopping");
+        saved |= printed(e, a, "Saving the game (stop command)");
+        stopping && saved
+    })
+    .await;
+    assert!(
+        stopping && saved,
+        "stopping: {stopping}, saved: {saved}; frames but stats: {:?}",
+        ws.seen
+            .iter()
+            .filter(|(e, _)| e != "stats")
+            .collect::<Vec<_>>()
+    );
     ws.expect("status", Some("offline")).await;
     srv.finish().await;
 }
