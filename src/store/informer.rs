@@ -36,10 +36,6 @@ pub type IndexFn<K> = fn(&K) -> Vec<(&'static str, String)>;
 /// ~1,000) move 8 KB at most on an insert.
 type Indexes<K> = HashMap<&'static str, HashMap<String, Vec<Arc<K>>>>;
 
-/// Where the object named `name` is, or would be, in an index entry.
-fn position<K: Resource>(objs: &[Arc<K>], name: &str) -> Result<usize, usize> {
-    objs.binary_search_by(|o| o.meta().name.as_deref().unwrap_or_default().cmp(name))
-}
 /// Drops what nobody reads from an object before it is kept (managed fields, ...).
 pub type SlimFn<K> = fn(&mut K);
 
@@ -444,6 +440,11 @@ impl<K: Watched> Informer<K> {
         // The sender lives in self, so this cannot fail while we wait.
         let _ = rx.wait_for(|synced| *synced).await;
     }
+}
+
+/// Where the object named `name` is, or would be, in an index entry.
+fn position<K: Resource>(objs: &[Arc<K>], name: &str) -> Result<usize, usize> {
+    objs.binary_search_by(|o| o.meta().name.as_deref().unwrap_or_default().cmp(name))
 }
 
 fn index<K>(indexes: &mut Indexes<K>, f: IndexFn<K>, obj: &Arc<K>)
