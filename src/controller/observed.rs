@@ -108,7 +108,7 @@ pub struct ObservedCondition {
 pub struct ObservedContainer {
     /// Container name.
     pub name: String,
-    /// Its state; only waiting is read.
+    /// Its state: whether it waits or has ended.
     pub state: Option<ObservedContainerState>,
     /// How the previous run of the container ended (a real kubelet says; kwok never restarts).
     pub last_state: Option<ObservedLastState>,
@@ -136,11 +136,20 @@ pub struct ObservedTermination {
 }
 
 impl ObservedContainer {
-    /// How its previous run ended, as people read it: `OOMKilled (exit 137)`.
+    /// How its latest finished run ended, as people read it: `OOMKilled (exit 137)`.
+    /// That is the current state while the container waits to be started again
+    /// (terminated), else the previous run.
     pub fn last_exit(&self) -> Option<String> {
-        let t = self.last_state.as_ref()?.terminated.as_ref()?;
+        let t = self
+            .terminated()
+            .or_else(|| self.last_state.as_ref()?.terminated.as_ref())?;
         let reason = t.reason.as_deref().unwrap_or("Exited");
         Some(format!("{reason} (exit {})", t.exit_code))
+    }
+
+    /// How the container's current run ended, if it has.
+    pub fn terminated(&self) -> Option<&ObservedTermination> {
+        self.state.as_ref()?.terminated.as_ref()
     }
 }
 
@@ -149,7 +158,7 @@ impl ObservedContainer {
 pub struct ObservedContainerState {
     /// Set while the container waits (e.g. CrashLoopBackOff, ImagePullBackOff).
     pub waiting: Option<ContainerStateWaiting>,
-    /// Set once the container has ended (and is not restarted).
+    /// Set once the container has ended, until the kubelet starts it again.
     pub terminated: Option<ObservedTermination>,
 }
 

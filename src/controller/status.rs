@@ -3,7 +3,7 @@
 //! lastTransitionTime while their status holds, so an unchanged world yields an
 //! identical status and the controller writes nothing.
 
-use super::observed::{ObservedCondition, ObservedPod};
+use super::observed::{ObservedCondition, ObservedContainer, ObservedPod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::pod::{ANNOTATION_REINSTALL_OF, ANNOTATION_RESTART_OF};
@@ -14,12 +14,16 @@ pub const SCHEDULED: &str = "Scheduled";
 /// Condition type: the game server is running and ready.
 pub const READY: &str = "Ready";
 
+/// Ready reason: the game server crashed again and the kubelet waits before
+/// starting it (the kubelet's own word for it).
+const CRASH_LOOP: &str = "CrashLoopBackOff";
+
 /// Container waiting reasons that mean the game server cannot run until something changes.
 const FAILING: [&str; 6] = [
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
-    "CrashLoopBackOff",
+    CRASH_LOOP,
     "CreateContainerConfigError",
     "CreateContainerError",
 ];
@@ -70,7 +74,8 @@ fn pod_condition<'a>(pod: &'a ObservedPod, type_: &str) -> Option<&'a ObservedCo
         .find(|c| c.type_ == type_)
 }
 
-/// The first container (init containers first) stuck with a failing reason.
+/// The first container (init containers first) that is failing: stuck with a
+/// failing waiting reason, or crashed and waiting to be started again.
 fn failing_container(pod: &ObservedPod) -> Option<(String, String, bool)> {
     let status = pod.status.as_ref()?;
     let init = status
@@ -83,24 +88,49 @@ fn failing_container(pod: &ObservedPod) -> Option<(String, String, bool)> {
         .iter()
         .flatten()
         .map(|c| (c, false));
+    let going = pod.metadata.deletion_timestamp.is_some();
     init.chain(main).find_map(|(c, is_init)| {
-        let waiting = c.state.as_ref()?.waiting.as_ref()?;
-        let reason = waiting.reason.clone()?;
-        FAILING.contains(&reason.as_str()).then(|| {
-            let mut message = waiting
-                .message
-                .clone()
-                .unwrap_or_else(|| format!("container {} is {reason}", c.name));
-            // A crash loop's own message says only "back-off"; why it crashed is
-            // in the previous run's termination.
-            if let Some(exit) = c.last_exit() {
-                message = format!(
-                    "last exit {exit} after {} restarts; {message}",
-                    c.restart_count
-                );
-            }
-            (reason, message, is_init)
-        })
+        let (reason, message) = stuck_waiting(c).or_else(|| (!going).then(|| crashed(c))?)?;
+        Some((reason, message, is_init))
+    })
+}
+
+/// A container waiting with one of the [`FAILING`] reasons.
+fn stuck_waiting(c: &ObservedContainer) -> Option<(String, String)> {
+    let waiting = c.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.clone()?;
+    if !FAILING.contains(&reason.as_str()) {
+        return None;
+    }
+    let mut message = waiting
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("container {} is {reason}", c.name));
+    // A crash loop's own message says only "back-off"; why it crashed is
+    // in the previous run's termination.
+    if let Some(exit) = c.last_exit() {
+        message = format!(
+            "last exit {exit} after {} restarts; {message}",
+            c.restart_count
+        );
+    }
+    Some((reason, message))
+}
+
+/// A container that crashed again and waits out the kubelet's back-off before its
+/// next start. The waiting reason CrashLoopBackOff cannot be waited for: the
+/// kubelet syncs a Pod in back-off again only when the back-off ends (pod_workers
+/// requeues at its expiry, Kubernetes 1.36), so that reason is reported in the
+/// instant before the restart and the container reads `terminated` for the whole
+/// back-off. A first crash is not one: the kubelet starts it again at once (the
+/// Crashed Event tells it). A Pod being deleted is a stop or a restart, not a crash.
+fn crashed(c: &ObservedContainer) -> Option<(String, String)> {
+    let failed = c.terminated().is_some_and(|t| t.exit_code != 0);
+    (failed && c.restart_count > 0).then(|| {
+        let exit = c.last_exit().unwrap_or_default();
+        let n = c.restart_count;
+        let message = format!("last exit {exit} after {n} restarts; waiting before the next start");
+        (CRASH_LOOP.to_owned(), message)
     })
 }
 
@@ -539,6 +569,55 @@ mod tests {
             ready.message,
             "last exit OOMKilled (exit 137) after 2 restarts; back-off 20s"
         );
+    }
+
+    /// A 1.36 kubelet reports a crashed server as `terminated` for its whole
+    /// back-off (the waiting reason comes only as it ends): that is the crash loop.
+    #[test]
+    fn a_server_ended_in_failure_and_waiting_to_restart_is_a_crash_loop() {
+        let terminated = |restarts: i32, deleting: bool| {
+            let statuses = json!([{ "name": "server", "image": "i", "imageID": "", "ready": false,
+                                    "restartCount": restarts,
+                                    "lastState": { "terminated": { "reason": "Error", "exitCode": 1 } },
+                                    "state": { "terminated": { "reason": "OOMKilled", "exitCode": 137 } } }]);
+            let mut p = pod(
+                json!({ "phase": "Running", "containerStatuses": statuses,
+                        "conditions": [{ "type": "Ready", "status": "False", "reason": "ContainersNotReady" }] }),
+                Some("n1"),
+            );
+            if deleting {
+                p.metadata.deletion_timestamp = Some(now());
+            }
+            derive(
+                &instance(false),
+                &Observed {
+                    pod: Some(&p),
+                    ..Observed::default()
+                },
+                &now(),
+            )
+        };
+        let looping = terminated(2, false);
+        assert_eq!(looping.state, Some(InstanceState::Failed));
+        assert_eq!(looping.power, Some(PowerState::Offline));
+        assert_eq!(ready_of(&looping), ("False", "CrashLoopBackOff"));
+        assert_eq!(looping.last_exit.as_deref(), Some("OOMKilled (exit 137)"));
+        let ready = looping.conditions.iter().find(|c| c.type_ == READY);
+        assert!(
+            ready.is_some_and(|c| c
+                .message
+                .starts_with("last exit OOMKilled (exit 137) after 2 restarts")),
+            "{ready:?}"
+        );
+        // A first crash is started again at once; a Pod being deleted is a stop.
+        for (restarts, deleting) in [(0, false), (2, true)] {
+            let s = terminated(restarts, deleting);
+            assert_eq!(
+                s.state,
+                Some(InstanceState::Installing),
+                "{restarts} {deleting}"
+            );
+        }
     }
 
     #[test]
