@@ -131,8 +131,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if roles.api {
         tokio::spawn(signing_key(Api::namespaced(client.clone(), &namespace)));
         tokio::spawn({
-            let users = store.users.clone();
-            async move { users.warm().await }
+            // After the lists: the decoy hash is ~25 ms of a core, which decoding
+            // them needs on a small machine (a login before then makes it itself).
+            let store = store.clone();
+            async move {
+                store.synced().await;
+                store.users.warm().await;
+            }
         });
     }
     let state = AppState::framed_by(
