@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::events::{EventType, Happening};
 use super::merge;
-use super::observed::ObservedPod;
+use super::observed::{ObservedContainer, ObservedPod};
 use super::pod::{self, BuildError, Launch};
 use super::power::{self, Facts, Step};
 use super::status::{self, Observed};
@@ -260,7 +260,7 @@ async fn delete_pod(
         REASON_ENDED => {
             let how = old
                 .container(pod::SERVER_CONTAINER)
-                .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+                .and_then(ObservedContainer::terminated)
                 .map_or_else(
                     || "the Pod ended".to_owned(),
                     |t| format!("exit {}", t.exit_code),

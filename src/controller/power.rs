@@ -440,7 +440,7 @@ impl Job {
                     p.ended()
                         || p.container(SERVER_CONTAINER).is_some_and(|c| {
                             c.restart_count > restarts_before.unwrap_or(0)
-                                || c.state.as_ref().is_some_and(|s| s.terminated.is_some())
+                                || c.terminated().is_some()
                         })
                 }
             };
