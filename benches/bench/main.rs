@@ -216,13 +216,18 @@ async fn kube_writes(base: &str, resource: Option<&str>) -> u64 {
         .await
         .expect("text");
     let of = resource.map(|r| format!("resource=\"{r}\""));
+    counter_sum(&text, |l| {
+        ["create", "update", "patch", "delete"]
+            .iter()
+            .any(|v| l.starts_with(&format!("berth_kube_requests_total{{verb=\"{v}\",")))
+            && of.as_ref().is_none_or(|r| l.contains(r.as_str()))
+    })
+}
+
+/// The sum of the counter samples in a metrics page whose lines `wanted` picks.
+fn counter_sum(text: &str, wanted: impl Fn(&str) -> bool) -> u64 {
     text.lines()
-        .filter(|l| {
-            ["create", "update", "patch", "delete"]
-                .iter()
-                .any(|v| l.starts_with(&format!("berth_kube_requests_total{{verb=\"{v}\",")))
-        })
-        .filter(|l| of.as_ref().is_none_or(|r| l.contains(r.as_str())))
+        .filter(|l| wanted(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -236,19 +241,15 @@ async fn steady(server: &Server, instances: usize) {
     }
 }
 
-/// Reconciles `controller` made since the process started.
+/// Reconciles `controller` made since the process started (0 while it does not answer).
 async fn reconciles(base: &str, controller: &str) -> u64 {
     let Ok(r) = reqwest::get(format!("{base}/metrics")).await else {
         return 0;
     };
     let series = format!("berth_reconciles_total{{controller=\"{controller}\",");
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(&series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    counter_sum(&r.text().await.unwrap_or_default(), |l| {
+        l.starts_with(&series)
+    })
 }
 
 /// Deploys through the REST API, handing out host ports per node.
